@@ -1,0 +1,260 @@
+//! Walks a plan and makes it true, one step at a time, in the plan's order.
+//!
+//! Every failure names the step and carries the engine's message; what was
+//! done before it is reported, and a rerun of `up` picks up from there.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::engine::{create_secret_pair, Engine};
+use crate::fsutil::write_atomic;
+use crate::model::*;
+use crate::plan_view::{symbol, verb_word};
+use crate::secret::{redact, Password};
+use crate::ui::Ui;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub created: usize,
+    pub replaced: usize,
+    pub updated: usize,
+    pub started: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+impl Report {
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let mut text = format!(
+            "Apply complete: {} created, {} replaced, {} updated, {} unchanged",
+            self.created, self.replaced, self.updated, self.unchanged
+        );
+        if self.started + self.removed > 0 {
+            text.push_str(&format!(", {} started, {} removed", self.started, self.removed));
+        }
+        text.push_str(&format!(" in {:.1}s.", elapsed.as_secs_f64()));
+        text
+    }
+}
+
+pub struct Options {
+    /// How long evi-state may take to answer an authenticated PING.
+    pub ready_timeout: Duration,
+}
+
+/// Applies `plan`. Images are checked (and pulled if missing) before the first
+/// change, so a bad image reference changes nothing on the host.
+pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) -> Result<Report> {
+    ensure_images(engine, plan, ui).await?;
+    let mut report = Report::default();
+    for step in &plan.steps {
+        if step.verb == Verb::Keep {
+            report.unchanged += 1;
+            continue;
+        }
+        let started = Instant::now();
+        apply_step(engine, step, opts).await.map_err(|e| {
+            anyhow!(
+                "{} {} {} failed: {}",
+                verb_word(step.verb),
+                step.kind.as_str(),
+                step.name,
+                redact(&format!("{e:#}"))
+            )
+        })?;
+        match step.verb {
+            Verb::Create => report.created += 1,
+            Verb::Replace => report.replaced += 1,
+            Verb::Update => report.updated += 1,
+            Verb::Start => report.started += 1,
+            Verb::Remove => report.removed += 1,
+            Verb::Keep => {}
+        }
+        let done = match step.verb {
+            Verb::Create => "created",
+            Verb::Update => "updated",
+            Verb::Replace => "replaced",
+            Verb::Start => "started",
+            Verb::Remove => "removed",
+            Verb::Keep => "kept",
+        };
+        ui.info(&format!(
+            "  {:>3} {} {} {done} ({:.1}s)",
+            symbol(step.verb),
+            step.kind.as_str(),
+            step.name,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(report)
+}
+
+async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()> {
+    let mut images: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.change {
+            Change::CreateContainer { spec } | Change::ReplaceContainer { spec } => Some(spec.image.as_str()),
+            _ => None,
+        })
+        .collect();
+    images.sort();
+    images.dedup();
+    for image in images {
+        if engine.image_exists(image).await? {
+            continue;
+        }
+        ui.info(&format!("  pulling image {image} ..."));
+        engine.pull_image(image).await.map_err(|e| {
+            anyhow!(
+                "image `{image}` is not in local storage and cannot be pulled ({e:#}); \
+                 load or build it (`podman image exists {image}`), or fix the image in the settings"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn apply_step<E: Engine>(engine: &E, step: &Step, opts: &Options) -> Result<()> {
+    match &step.change {
+        Change::Keep => Ok(()),
+        Change::WriteConfig { content } => write_atomic(std::path::Path::new(&step.name), content.as_bytes(), 0o644),
+        Change::CreateSecrets { version } => {
+            let password = Password::generate()?;
+            create_secret_pair(engine, *version, &password).await
+        }
+        Change::CreateNetwork => engine.create_network(&step.name, &crate::desired::owned_labels()).await,
+        Change::CreateVolume => engine.create_volume(&step.name, &crate::desired::owned_labels()).await,
+        Change::CreateContainer { spec } => run_container(engine, spec, opts).await,
+        Change::ReplaceContainer { spec } => {
+            engine.remove_container(&spec.name, spec.stop_timeout).await?;
+            run_container(engine, spec, opts).await
+        }
+        Change::StartContainer => {
+            engine.start_container(&step.name).await?;
+            if step.name == STATE_CONTAINER {
+                wait_ready(engine, opts.ready_timeout).await?;
+            }
+            Ok(())
+        }
+        Change::RemoveContainer => engine.remove_container(&step.name, 10).await,
+        Change::RemoveSecret => engine.remove_secret(&step.name).await,
+    }
+}
+
+async fn run_container<E: Engine>(engine: &E, spec: &ContainerSpec, opts: &Options) -> Result<()> {
+    engine.create_container(spec).await?;
+    engine.start_container(&spec.name).await?;
+    if spec.name == STATE_CONTAINER {
+        wait_ready(engine, opts.ready_timeout).await?;
+    }
+    Ok(())
+}
+
+/// Asks evi-state for an authenticated PING until it answers PONG. The
+/// password is read from the secret inside the container and handed to
+/// valkey-cli in its environment (`REDISCLI_AUTH`), never in arguments.
+pub const PING_SCRIPT: &str =
+    r#"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" exec valkey-cli --no-auth-warning -e ping"#;
+
+pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    // Short polls first: a local Valkey is usually up within a few tens of ms.
+    let mut pause = Duration::from_millis(20);
+    let mut last;
+    loop {
+        match engine.container_state(STATE_CONTAINER).await? {
+            Some((state, code)) if state == "exited" || state == "stopped" => {
+                let logs = engine.logs(STATE_CONTAINER, 20).await.unwrap_or_default();
+                bail!(
+                    "evi-state exited at start (exit code {code}); its last log lines:\n{}",
+                    indent(&redact(&logs))
+                );
+            }
+            None => bail!("evi-state disappeared while starting"),
+            _ => {}
+        }
+        match engine.exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[]).await {
+            Ok(out) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
+            Ok(out) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            let logs = engine.logs(STATE_CONTAINER, 20).await.unwrap_or_default();
+            bail!(
+                "evi-state did not answer an authenticated PING within {}s (last answer: {}); its last log lines:\n{}",
+                timeout.as_secs(),
+                redact(&last),
+                indent(&redact(&logs))
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(250));
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::build;
+    use crate::engine::fake::FakeEngine;
+    use crate::plan::plan;
+    use crate::settings::from_yaml;
+
+    fn ui() -> Ui {
+        Ui { quiet: true, verbose: 0, color: false }
+    }
+
+    #[tokio::test]
+    async fn fresh_apply_runs_in_order_and_converges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let yaml = format!("state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}", tmp.path().display());
+        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
+        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let engine = FakeEngine::default();
+        let p = plan(&desired, &Observed::default()).unwrap();
+        let opts = Options { ready_timeout: Duration::from_secs(1) };
+        let report = apply(&engine, &p, &ui(), &opts).await.unwrap();
+        assert_eq!(report.created, 6);
+        assert_eq!(
+            engine.calls(),
+            [
+                "create secret evi-valkey-url-v1",
+                "create secret evi-state-password-v1",
+                "create network evi-net",
+                "create volume evi-state-data",
+                "create container evi-state",
+                "start container evi-state",
+                &format!("exec evi-state sh -c {PING_SCRIPT}"),
+                "create container evi-be",
+                "start container evi-be",
+            ]
+        );
+        // The URL secret holds exactly the password secret's value in the seed's URL form.
+        let values = engine.secret_values.lock().unwrap().clone();
+        assert_eq!(values[0].1, format!("redis://:{}@evi-state:6379", values[1].1));
+
+        let mut host = engine.host.lock().unwrap().clone();
+        host.config = std::fs::read_to_string(settings.config_path()).ok();
+        assert!(!plan(&desired, &host).unwrap().has_changes());
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_fails_before_any_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let yaml = format!("state_dir: {}\nservices: {{ evi-be: {{ image: missing/app }} }}", tmp.path().display());
+        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
+        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let engine = FakeEngine::default();
+        let p = plan(&desired, &Observed::default()).unwrap();
+        let err = apply(&engine, &p, &ui(), &Options { ready_timeout: Duration::from_secs(1) }).await.unwrap_err();
+        assert!(err.to_string().starts_with("image `missing/app` is not in local storage"), "{err}");
+        assert_eq!(engine.calls(), ["pull image missing/app"]);
+        assert!(!settings.config_path().exists());
+    }
+}

@@ -1,0 +1,116 @@
+//! The command line: clap types only. `main.rs` turns them into work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Provision the EVI state service (Valkey 8) on this host with Podman";
+
+const LONG_ABOUT: &str = "\
+Provision the EVI state service (Valkey 8) on this host with Podman.
+
+evi-install renders valkey.conf, keeps the Valkey password in a Podman secret,
+and runs evi-state, evi-be and evi-worker on the private network evi-net with
+no port published to the host. `up` converges a fresh or existing host and is
+safe to run again; `up --dry-run` shows the plan and changes nothing.
+
+Settings come from, lowest precedence first: built-in defaults, the settings
+file (--config, EVI_CONFIG, or ./evi.yaml), the environment, and flags.";
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  evi-install render                       Print the valkey.conf the settings produce
+  evi-install --config evi.yaml up --dry-run   Review what `up` would change
+  evi-install --config evi.yaml up         Converge this host
+
+Exit codes: 0 success, 1 error, 2 changes pending (with --detailed-exitcode), 64 usage error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "evi-install", version, about = ABOUT, long_about = LONG_ABOUT, after_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    /// Settings file (YAML). Default: ./evi.yaml when it exists
+    #[arg(long, global = true, env = "EVI_CONFIG", hide_env_values = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where evi-install keeps valkey.conf and its lock [default: /var/lib/evi]
+    #[arg(long, global = true, env = "EVI_STATE_DIR", hide_env_values = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Podman API address, e.g. unix:///run/podman/podman.sock [default: the standard socket]
+    #[arg(long, global = true, env = "CONTAINER_HOST", hide_env_values = true, value_name = "URL")]
+    pub podman_url: Option<String>,
+
+    /// Print only errors and the final result
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the rendered valkey.conf without touching the host
+    #[command(after_help = RENDER_EXAMPLES)]
+    Render(RenderArgs),
+    /// Make the host match the settings (or, with --dry-run, show the plan)
+    #[command(after_help = UP_EXAMPLES)]
+    Up(UpArgs),
+}
+
+const RENDER_EXAMPLES: &str = "\
+Examples:
+  evi-install render                    Print the config for the current settings
+  evi-install render --check            Exit 1 with a diff if the installed file differs";
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Compare with the installed file; exit 1 and print a unified diff when they differ
+    #[arg(long)]
+    pub check: bool,
+}
+
+const UP_EXAMPLES: &str = "\
+Examples:
+  evi-install up --dry-run                      Show the plan, change nothing
+  evi-install up --dry-run --detailed-exitcode  Exit 2 when changes are pending
+  evi-install up --dry-run --out plan.json      Save the plan for review
+  evi-install up --plan plan.json               Apply exactly the reviewed plan
+  evi-install up                                Converge the host";
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Show what would change and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output format of the plan
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Exit 0 when nothing changes, 2 when changes are pending (or were applied), 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+
+    /// With --dry-run: save the plan to FILE, to apply later with --plan
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub out: Option<PathBuf>,
+
+    /// Apply a plan saved with --out; refused if the settings or the host changed since
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["dry_run", "out"])]
+    pub plan: Option<PathBuf>,
+
+    /// Seconds to wait for evi-state to answer an authenticated PING
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}

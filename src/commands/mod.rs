@@ -1,0 +1,49 @@
+//! One module per command; `run` dispatches.
+
+mod render;
+mod up;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::settings::{self, Overrides, Settings};
+use crate::ui::Ui;
+
+/// Runs the command and returns its exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    let ui = Ui::new(cli.quiet, cli.verbose);
+    let overrides = Overrides { config: cli.config.clone(), state_dir: cli.state_dir.clone() };
+    let settings = load_settings(&overrides, &ui)?;
+    match cli.command {
+        Command::Render(args) => render::run(&settings, &args, &ui),
+        Command::Up(args) => runtime()?.block_on(up::run(&settings, cli.podman_url.as_deref(), &args, &ui)),
+    }
+}
+
+fn load_settings(overrides: &Overrides, ui: &Ui) -> Result<Settings> {
+    let settings = settings::load(overrides)?;
+    if let Some(path) = &settings.source {
+        warn_if_world_writable(path, ui);
+    }
+    Ok(settings)
+}
+
+/// Anyone who can write the settings file can choose the images that run here.
+fn warn_if_world_writable(path: &std::path::Path, ui: &Ui) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o002 != 0 {
+            ui.warn(&format!(
+                "settings file {} is writable by every user; run `chmod o-w {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+}
+
+/// A single-threaded runtime: evi-install waits on a handful of requests at a
+/// time, and one thread keeps start-up and memory small.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}

@@ -1,0 +1,181 @@
+//! `evi-install up`: observe, plan, then (unless `--dry-run`) apply.
+//!
+//! Everything that can be checked without changing the host is checked before
+//! the first change: settings, the state directory, ownership of every
+//! resource, images. A failure there leaves the host exactly as it was.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::apply::{self, apply};
+use crate::cli::{OutputFormat, UpArgs};
+use crate::desired;
+use crate::engine::podman::{resolve_url, PodmanEngine};
+use crate::engine::Engine;
+use crate::exit;
+use crate::fsutil::read_optional;
+use crate::model::*;
+use crate::plan::{plan, secret_version_for};
+use crate::plan_view::{self, PlanDocument};
+use crate::render::{hex, valkey_conf};
+use crate::settings::{check_fits_host, io_reason, Settings};
+use crate::ui::Ui;
+
+pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, ui: &Ui) -> Result<u8> {
+    settings.require_backend()?;
+    if let Some(total) = host_memory() {
+        check_fits_host(settings, total)?;
+    }
+    let conf = valkey_conf(settings)?;
+    check_state_dir(&settings.state_dir)?;
+
+    let url = resolve_url(podman_url);
+    let engine = match PodmanEngine::connect(&url).await {
+        Ok(engine) => Some(engine),
+        Err(e) if args.dry_run => {
+            ui.warn(&format!("{e:#}"));
+            ui.warn("planning against an empty host: the plan below shows what a fresh host would get");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+
+    let observed = match &engine {
+        Some(engine) => observe(engine, settings).await?,
+        None => Observed { config: read_optional(&settings.config_path())?, ..Observed::default() },
+    };
+    let version = secret_version_for(&observed);
+    let wanted = desired::build(settings, &conf, version);
+    let the_plan = plan(&wanted, &observed)?;
+    let document = PlanDocument::new(the_plan, settings_fingerprint(settings, &conf), host_fingerprint(&observed));
+
+    if args.dry_run {
+        return show_plan(&document, args, ui);
+    }
+    let Some(engine) = engine else { unreachable!("connect errors return early unless --dry-run") };
+
+    let to_apply = match &args.plan {
+        Some(path) => load_saved_plan(path, &document)?,
+        None => document,
+    };
+    if !to_apply.plan.has_changes() {
+        ui.result(&plan_view::summary_line(&to_apply.plan));
+        return Ok(exit::OK);
+    }
+    ui.info(&plan_view::text(ui, &to_apply.plan));
+    ui.info("");
+
+    let started = Instant::now();
+    let opts = apply::Options { ready_timeout: Duration::from_secs(args.ready_timeout) };
+    let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
+
+    // Look again: what was applied must now plan to nothing.
+    let after = observe(&engine, settings).await?;
+    let check = plan(&desired::build(settings, &conf, secret_version_for(&after)), &after)?;
+    if check.has_changes() {
+        bail!(
+            "the host still differs from the settings after apply ({}); run `evi-install up --dry-run` to see what",
+            plan_view::summary_line(&check)
+        );
+    }
+    ui.result(&report.summary(started.elapsed()));
+    Ok(if args.detailed_exitcode { exit::CHANGES } else { exit::OK })
+}
+
+async fn observe<E: Engine>(engine: &E, settings: &Settings) -> Result<Observed> {
+    let names = [STATE_CONTAINER, BACKEND_CONTAINER, WORKER_CONTAINER];
+    let mut observed = engine.observe(&settings.network, DATA_VOLUME, &names).await?;
+    observed.config = read_optional(&settings.config_path())?;
+    Ok(observed)
+}
+
+fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {
+    match args.output {
+        OutputFormat::Text => ui.result(&plan_view::text(ui, &document.plan)),
+        OutputFormat::Json => ui.result(&serde_json::to_string_pretty(document)?),
+    }
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(document)? + "\n";
+        std::fs::write(path, json)
+            .map_err(|e| anyhow!("cannot write the plan to {}: {}", path.display(), io_reason(&e)))?;
+        ui.info(&format!("Saved the plan to {}. Apply it with `evi-install up --plan {}`.", path.display(), path.display()));
+    }
+    Ok(if args.detailed_exitcode && document.plan.has_changes() { exit::CHANGES } else { exit::OK })
+}
+
+/// Reads a saved plan and checks it still fits: same settings, same host.
+fn load_saved_plan(path: &Path, current: &PlanDocument) -> Result<PlanDocument> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read the saved plan {}: {}", path.display(), io_reason(&e)))?;
+    let saved: PlanDocument = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a plan saved by `evi-install up --dry-run --out`", path.display()))?;
+    if saved.format_version != plan_view::FORMAT_VERSION {
+        bail!(
+            "the saved plan {} has format version {}, this evi-install reads {}; make a new plan with `up --dry-run --out`",
+            path.display(),
+            saved.format_version,
+            plan_view::FORMAT_VERSION
+        );
+    }
+    if saved.settings_fingerprint != current.settings_fingerprint {
+        bail!(
+            "the settings changed since the plan {} was made; review a new plan with `evi-install up --dry-run --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    if saved.host_fingerprint != current.host_fingerprint {
+        bail!(
+            "the host changed since the plan {} was made; review a new plan with `evi-install up --dry-run --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(saved)
+}
+
+fn settings_fingerprint(settings: &Settings, conf: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(settings).unwrap_or_default());
+    h.update(conf.as_bytes());
+    hex(&h.finalize())
+}
+
+fn host_fingerprint(observed: &Observed) -> String {
+    hex(&Sha256::digest(serde_json::to_vec(observed).unwrap_or_default()))
+}
+
+/// The state directory must be a directory we can write, or creatable.
+fn check_state_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("state directory {} is a file, not a directory; remove it or choose another with --state-dir", dir.display());
+    }
+    // The nearest existing ancestor decides whether we can create or write it.
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !writable(existing) {
+        bail!(
+            "state directory {} is not writable ({} is not writable by this user); run as root or choose another with --state-dir",
+            dir.display(),
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a valid NUL-terminated path; access() only reads it.
+    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,196 @@
+//! Turns settings into the desired host state: names, mounts, secrets and the
+//! hash labels that later reveal drift. Pure.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::*;
+use crate::render::{effective_hash, hex};
+use crate::settings::{Service, Settings};
+
+/// evi-state's command. It reads the password from the mounted secret and
+/// hands it to valkey-server as an extra config line on stdin (`-`), so the
+/// password is in neither the config file nor any process's arguments (`read`
+/// and the here-document are shell built-ins; `exec` leaves valkey-server as
+/// PID 1 so it receives SIGTERM and shuts down cleanly).
+///
+/// It fails closed: a missing, empty or malformed secret stops the start,
+/// because `valkey-server CONF -` with an empty stdin would run with no password.
+pub const STATE_START_SCRIPT: &str = r#"set -eu
+secret=/run/secrets/evi-state-password
+if [ ! -r "$secret" ]; then
+  echo "evi-state: password secret $secret is missing or unreadable; refusing to start without a password" >&2
+  exit 78
+fi
+pw=
+IFS= read -r pw < "$secret" || true
+case "$pw" in
+  ""|*[!A-Za-z0-9]*)
+    echo "evi-state: password secret is empty or malformed; refusing to start without a password" >&2
+    exit 78 ;;
+esac
+exec valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
+requirepass $pw
+EOF
+"#;
+
+/// The user Valkey runs as: both the official image and Debian's package create it.
+pub const VALKEY_USER: &str = "valkey";
+
+/// Builds the desired state for these settings and this password generation.
+pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired {
+    let config_path = settings.config_path();
+    let state = with_labels(ContainerSpec {
+        name: STATE_CONTAINER.to_string(),
+        image: settings.services.evi_state.image.clone(),
+        command: vec!["sh".into(), "-c".into(), STATE_START_SCRIPT.into()],
+        user: Some(VALKEY_USER.to_string()),
+        mounts: vec![
+            Mount::Bind { source: config_path.clone(), target: CONF_IN_CONTAINER.to_string(), read_only: true },
+            Mount::Volume { name: DATA_VOLUME.to_string(), target: "/data".to_string() },
+        ],
+        secrets: vec![SecretUse::File { secret: version.password_name(), target: PASSWORD_SECRET_TARGET.to_string() }],
+        network: settings.network.clone(),
+        aliases: vec![STATE_CONTAINER.to_string()],
+        restart: "always".to_string(),
+        stop_timeout: 30,
+        config_hash: Some(effective_hash(conf)),
+        secret_version: Some(version),
+        labels: Labels::new(),
+    });
+
+    let mut containers = vec![state];
+    let mut unwanted = Vec::new();
+    for (name, service) in [
+        (BACKEND_CONTAINER, settings.services.evi_be.as_ref()),
+        (WORKER_CONTAINER, settings.services.evi_worker.as_ref()),
+    ] {
+        match service {
+            Some(service) => containers.push(client_spec(name, service, &settings.network, version)),
+            None => unwanted.push(name.to_string()),
+        }
+    }
+
+    Desired {
+        config: ConfigFile { path: config_path, content: conf.to_string() },
+        secret_version: version,
+        network: settings.network.clone(),
+        volume: DATA_VOLUME.to_string(),
+        containers,
+        unwanted_containers: unwanted,
+    }
+}
+
+/// evi-be and evi-worker: the app image, `VALKEY_URL` from the env secret.
+fn client_spec(name: &str, service: &Service, network: &str, version: SecretVersion) -> ContainerSpec {
+    with_labels(ContainerSpec {
+        name: name.to_string(),
+        image: service.image.clone(),
+        command: service.command.clone(),
+        user: None,
+        mounts: vec![],
+        secrets: vec![SecretUse::Env { secret: version.url_name(), var: URL_ENV.to_string() }],
+        network: network.to_string(),
+        aliases: vec![name.to_string()],
+        restart: "always".to_string(),
+        stop_timeout: 10,
+        config_hash: None,
+        secret_version: Some(version),
+        labels: Labels::new(),
+    })
+}
+
+/// The fields whose hashes go into the fields label, by name. Each is a part
+/// of the spec an operator would recognise in a "replace because" line.
+pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
+    let hash = |v: serde_json::Value| short_hash(v.to_string().as_bytes());
+    BTreeMap::from([
+        ("image".to_string(), hash(serde_json::json!(spec.image))),
+        ("command".to_string(), hash(serde_json::json!(spec.command))),
+        ("user".to_string(), hash(serde_json::json!(spec.user))),
+        ("mounts".to_string(), hash(serde_json::json!(spec.mounts))),
+        ("secrets".to_string(), hash(serde_json::json!(spec.secrets))),
+        ("network".to_string(), hash(serde_json::json!([spec.network, spec.aliases]))),
+        ("restart".to_string(), hash(serde_json::json!([spec.restart, spec.stop_timeout]))),
+        ("config".to_string(), hash(serde_json::json!(spec.config_hash))),
+    ])
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))[..12].to_string()
+}
+
+/// Adds the ownership, hash and fields labels.
+fn with_labels(mut spec: ContainerSpec) -> ContainerSpec {
+    let fields = field_hashes(&spec);
+    let fields_json = serde_json::to_string(&fields).expect("a map of strings serializes");
+    spec.labels = Labels::from([
+        (MANAGED_LABEL.to_string(), "true".to_string()),
+        (HASH_LABEL.to_string(), hex(&Sha256::digest(fields_json.as_bytes()))),
+        (FIELDS_LABEL.to_string(), fields_json),
+    ]);
+    spec
+}
+
+/// Labels for secrets, networks and volumes.
+pub fn owned_labels() -> Labels {
+    Labels::from([(MANAGED_LABEL.to_string(), "true".to_string())])
+}
+
+pub fn secret_labels(version: SecretVersion, role: SecretRole) -> Labels {
+    let mut labels = owned_labels();
+    labels.insert(SECRET_VERSION_LABEL.to_string(), version.0.to_string());
+    labels.insert(SECRET_ROLE_LABEL.to_string(), role.as_str().to_string());
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::from_yaml;
+
+    fn settings(yaml: &str) -> Settings {
+        from_yaml(Some((std::path::Path::new("evi.yaml"), yaml)), None).unwrap()
+    }
+
+    #[test]
+    fn clients_get_the_url_secret_and_a_missing_worker_is_unwanted() {
+        let s = settings("services: { evi-be: { image: app }, evi-worker: { image: app } }");
+        let d = build(&s, "port 6379\n", SecretVersion(3));
+        assert_eq!(d.containers.len(), 3);
+        for c in &d.containers[1..] {
+            assert_eq!(c.secrets, vec![SecretUse::Env { secret: "evi-valkey-url-v3".into(), var: "VALKEY_URL".into() }]);
+        }
+        assert!(d.unwanted_containers.is_empty());
+        let d = build(&settings("services: { evi-be: { image: app } }"), "", SecretVersion(1));
+        assert_eq!(d.unwanted_containers, ["evi-worker"]);
+    }
+
+    #[test]
+    fn the_config_hash_changes_only_evi_state() {
+        let s = settings("services: { evi-be: { image: app } }");
+        let a = build(&s, "maxmemory 1gb\n", SecretVersion(1));
+        let b = build(&s, "maxmemory 512mb\n", SecretVersion(1));
+        assert_ne!(a.containers[0].labels[HASH_LABEL], b.containers[0].labels[HASH_LABEL]);
+        assert_eq!(a.containers[1].labels[HASH_LABEL], b.containers[1].labels[HASH_LABEL]);
+        let c = build(&s, "# a new header\nmaxmemory 1gb\n", SecretVersion(1));
+        assert_eq!(a.containers[0].labels[HASH_LABEL], c.containers[0].labels[HASH_LABEL]);
+    }
+
+    #[test]
+    fn a_new_secret_version_changes_every_container() {
+        let s = settings("services: { evi-be: { image: app } }");
+        let a = build(&s, "x 1\n", SecretVersion(1));
+        let b = build(&s, "x 1\n", SecretVersion(2));
+        for (x, y) in a.containers.iter().zip(&b.containers) {
+            assert_ne!(x.labels[HASH_LABEL], y.labels[HASH_LABEL], "{}", x.name);
+        }
+    }
+
+    #[test]
+    fn start_script_expands_the_password_only_in_builtins() {
+        let uses: Vec<&str> = STATE_START_SCRIPT.lines().map(str::trim).filter(|l| l.contains("pw")).collect();
+        assert_eq!(uses, ["pw=", "IFS= read -r pw < \"$secret\" || true", "case \"$pw\" in", "requirepass $pw"]);
+    }
+}

@@ -1,0 +1,118 @@
+//! An in-memory engine for fast tests of the apply logic. It records every
+//! call and keeps just enough state to be observed again afterwards; it is
+//! never the only proof that provisioning works (the end-to-end tests are).
+
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+
+use super::{Engine, ExecOutput};
+use crate::model::*;
+
+#[derive(Default)]
+pub struct FakeEngine {
+    pub host: Mutex<Observed>,
+    pub calls: Mutex<Vec<String>>,
+    /// Stored secret values by name, to check what a container would see.
+    pub secret_values: Mutex<Vec<(String, String)>>,
+    /// A call whose description starts with this fails.
+    pub fail_on: Option<String>,
+}
+
+impl FakeEngine {
+    fn record(&self, call: String) -> Result<()> {
+        if let Some(prefix) = &self.fail_on {
+            if call.starts_with(prefix.as_str()) {
+                bail!("{call}: injected failure");
+            }
+        }
+        self.calls.lock().unwrap().push(call);
+        Ok(())
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Engine for FakeEngine {
+    async fn observe(&self, _network: &str, _volume: &str, _containers: &[&str]) -> Result<Observed> {
+        Ok(self.host.lock().unwrap().clone())
+    }
+
+    async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()> {
+        self.record(format!("create secret {name}"))?;
+        self.secret_values.lock().unwrap().push((name.to_string(), value.to_string()));
+        let secret = ObservedResource { name: name.to_string(), labels: labels.clone() };
+        self.host.lock().unwrap().secrets.push(secret);
+        Ok(())
+    }
+
+    async fn remove_secret(&self, name: &str) -> Result<()> {
+        self.record(format!("remove secret {name}"))?;
+        self.host.lock().unwrap().secrets.retain(|s| s.name != name);
+        Ok(())
+    }
+
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
+        self.record(format!("create network {name}"))?;
+        self.host.lock().unwrap().network = Some(ObservedResource { name: name.to_string(), labels: labels.clone() });
+        Ok(())
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
+        self.record(format!("create volume {name}"))?;
+        self.host.lock().unwrap().volume = Some(ObservedResource { name: name.to_string(), labels: labels.clone() });
+        Ok(())
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
+        self.record(format!("create container {}", spec.name))?;
+        let c = ObservedContainer {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            labels: spec.labels.clone(),
+            running: false,
+            state: "created".into(),
+        };
+        self.host.lock().unwrap().containers.insert(spec.name.clone(), c);
+        Ok(())
+    }
+
+    async fn start_container(&self, name: &str) -> Result<()> {
+        self.record(format!("start container {name}"))?;
+        if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
+            c.running = true;
+            c.state = "running".into();
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, name: &str, _timeout: u64) -> Result<()> {
+        self.record(format!("remove container {name}"))?;
+        self.host.lock().unwrap().containers.remove(name);
+        Ok(())
+    }
+
+    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
+        Ok(self.host.lock().unwrap().containers.get(name).map(|c| (c.state.clone(), 0)))
+    }
+
+    async fn exec(&self, container: &str, command: &[&str], _env: &[(&str, &str)]) -> Result<ExecOutput> {
+        self.record(format!("exec {container} {}", command.join(" ")))?;
+        Ok(ExecOutput { exit_code: 0, stdout: "PONG\n".into(), stderr: String::new() })
+    }
+
+    async fn logs(&self, container: &str, _lines: usize) -> Result<String> {
+        Ok(format!("logs of {container}\n"))
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        Ok(!image.starts_with("missing"))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<()> {
+        self.record(format!("pull image {image}"))?;
+        bail!("pull image {image}: no registry")
+    }
+}

@@ -1,0 +1,73 @@
+//! The narrow interface between evi-install and a container engine.
+//!
+//! Everything above this line speaks in `model` types; only `podman.rs` knows
+//! the libpod API. Tests of the apply logic can use `fake.rs` instead.
+
+#[cfg(test)]
+pub mod fake;
+pub mod podman;
+
+use anyhow::Result;
+
+use crate::model::{ContainerSpec, Labels, Observed};
+use crate::secret::Password;
+
+/// What a command run inside a container printed, and how it exited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The operations `up` needs. Each does one request's worth of work and fails
+/// with the engine's own message.
+#[allow(async_fn_in_trait)]
+pub trait Engine {
+    /// The network, volume, our secrets and our containers, by name.
+    async fn observe(&self, network: &str, volume: &str, containers: &[&str]) -> Result<Observed>;
+    /// Creates a secret holding exactly `value`'s bytes.
+    async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()>;
+    async fn remove_secret(&self, name: &str) -> Result<()>;
+    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()>;
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()>;
+    /// Creates (does not start) a container. Never publishes a port.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<()>;
+    async fn start_container(&self, name: &str) -> Result<()>;
+    /// Stops (SIGTERM, then SIGKILL after `timeout` seconds) and removes.
+    async fn remove_container(&self, name: &str, timeout: u64) -> Result<()>;
+    /// Podman's state word for a container (`running`, `exited`, ...) and its exit code.
+    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>>;
+    /// Runs a command in a running container, with extra environment.
+    async fn exec(&self, container: &str, command: &[&str], env: &[(&str, &str)]) -> Result<ExecOutput>;
+    /// The last `lines` lines of a container's log (stdout and stderr).
+    async fn logs(&self, container: &str, lines: usize) -> Result<String>;
+    /// Whether the image is in local storage.
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Pulls the image from its registry.
+    async fn pull_image(&self, image: &str) -> Result<()>;
+}
+
+/// Creates both secrets of a password generation.
+///
+/// The URL secret goes first: the password secret's presence is what marks a
+/// generation complete, so an interruption between the two leaves an
+/// incomplete pair that the next run skips and cleans up.
+pub async fn create_secret_pair<E: Engine>(
+    engine: &E,
+    version: crate::model::SecretVersion,
+    password: &Password,
+) -> Result<()> {
+    use crate::desired::secret_labels;
+    use crate::model::{SecretRole, STATE_CONTAINER};
+    engine
+        .create_secret(
+            &version.url_name(),
+            &secret_labels(version, SecretRole::ValkeyUrl),
+            &password.valkey_url(STATE_CONTAINER),
+        )
+        .await?;
+    engine
+        .create_secret(&version.password_name(), &secret_labels(version, SecretRole::Password), password.expose())
+        .await
+}

@@ -1,0 +1,51 @@
+//! evi-install: provisions the EVI state service (Valkey 8) with Podman.
+//!
+//! `main` parses the command line, runs one command, prints any error once
+//! (on one line, secrets redacted) and maps it to an exit code.
+
+mod apply;
+mod cli;
+mod commands;
+mod desired;
+mod engine;
+mod fsutil;
+mod model;
+mod plan;
+mod plan_view;
+mod render;
+mod secret;
+mod settings;
+mod size;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, as documented in the README and `--help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    /// `--detailed-exitcode`: changes are pending.
+    pub const CHANGES: u8 = 2;
+    /// Bad command line (sysexits' EX_USAGE).
+    pub const USAGE: u8 = 64;
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            ui::print_error(&format!("{e:#}"));
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

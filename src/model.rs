@@ -1,0 +1,274 @@
+//! Plain data: what the host should look like (`Desired`), what it looks like
+//! (`Observed`), and the changes between them (`Plan`). No I/O here.
+//!
+//! Maps are `BTreeMap`s so every listing, hash and plan comes out in the same order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Every resource evi-install creates carries this label (value `true`);
+/// a resource with one of our names but without it is never touched.
+pub const MANAGED_LABEL: &str = "io.evi-install.managed";
+/// Hash of everything that defines a container, to detect drift.
+pub const HASH_LABEL: &str = "io.evi-install.config-hash";
+/// Per-field hashes of a container's definition, to name what drifted.
+pub const FIELDS_LABEL: &str = "io.evi-install.fields";
+/// On secrets: which password generation they belong to.
+pub const SECRET_VERSION_LABEL: &str = "io.evi-install.secret-version";
+/// On secrets: `password` or `valkey-url`.
+pub const SECRET_ROLE_LABEL: &str = "io.evi-install.secret-role";
+
+pub const STATE_CONTAINER: &str = "evi-state";
+pub const BACKEND_CONTAINER: &str = "evi-be";
+pub const WORKER_CONTAINER: &str = "evi-worker";
+pub const DATA_VOLUME: &str = "evi-state-data";
+
+/// Where evi-state finds its config and its password inside the container.
+pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";
+pub const PASSWORD_SECRET_TARGET: &str = "evi-state-password";
+pub const URL_ENV: &str = "VALKEY_URL";
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The two secrets of one password generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretVersion(pub u32);
+
+impl SecretVersion {
+    /// Holds the bare password; mounted as a file into evi-state only.
+    pub fn password_name(self) -> String {
+        format!("evi-state-password-v{}", self.0)
+    }
+    /// Holds the whole `VALKEY_URL`; given to evi-be and evi-worker as an env secret.
+    pub fn url_name(self) -> String {
+        format!("evi-valkey-url-v{}", self.0)
+    }
+    pub fn next(self) -> SecretVersion {
+        SecretVersion(self.0 + 1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretRole {
+    Password,
+    ValkeyUrl,
+}
+
+impl SecretRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretRole::Password => "password",
+            SecretRole::ValkeyUrl => "valkey-url",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mount {
+    /// A host file or directory.
+    Bind { source: PathBuf, target: String, read_only: bool },
+    /// A named volume.
+    Volume { name: String, target: String },
+}
+
+/// A secret as a container sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretUse {
+    /// Mounted at `/run/secrets/<target>`.
+    File { secret: String, target: String },
+    /// Exposed as environment variable `var`.
+    Env { secret: String, var: String },
+}
+
+/// Everything evi-install decides about one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// Empty: the image's own command.
+    pub command: Vec<String>,
+    pub user: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub secrets: Vec<SecretUse>,
+    pub network: String,
+    pub aliases: Vec<String>,
+    pub restart: String,
+    /// Seconds `podman stop` waits before SIGKILL: long enough for Valkey to
+    /// finish writing its AOF.
+    pub stop_timeout: u64,
+    /// Hash of the rendered config's effective lines, for containers that mount it.
+    pub config_hash: Option<String>,
+    pub secret_version: Option<SecretVersion>,
+    /// Labels to set, including the ownership and hash labels.
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub content: String,
+}
+
+/// What the host should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub config: ConfigFile,
+    pub secret_version: SecretVersion,
+    pub network: String,
+    pub volume: String,
+    /// In start order: evi-state first.
+    pub containers: Vec<ContainerSpec>,
+    /// Owned containers that the settings no longer ask for (e.g. evi-worker without an image).
+    pub unwanted_containers: Vec<String>,
+}
+
+/// A network, volume or secret as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObservedResource {
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl ObservedResource {
+    pub fn owned(&self) -> bool {
+        is_owned(&self.labels)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObservedContainer {
+    pub name: String,
+    pub image: String,
+    pub labels: Labels,
+    pub running: bool,
+    /// Podman's state word: `running`, `exited`, `created`, ...
+    pub state: String,
+}
+
+impl ObservedContainer {
+    pub fn owned(&self) -> bool {
+        is_owned(&self.labels)
+    }
+}
+
+pub fn is_owned(labels: &Labels) -> bool {
+    labels.get(MANAGED_LABEL).map(String::as_str) == Some("true")
+}
+
+/// What the host looks like, as far as evi-install cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Observed {
+    /// The config file's content, if it exists.
+    pub config: Option<String>,
+    pub network: Option<ObservedResource>,
+    pub volume: Option<ObservedResource>,
+    /// Secrets whose names evi-install uses (`evi-state-password-v*`, `evi-valkey-url-v*`).
+    pub secrets: Vec<ObservedResource>,
+    /// Containers under our names, by name.
+    pub containers: BTreeMap<String, ObservedContainer>,
+}
+
+impl Observed {
+    /// The newest password generation with both secrets present and owned.
+    pub fn current_secret_version(&self) -> Option<SecretVersion> {
+        let has = |name: String| self.secrets.iter().any(|s| s.name == name && s.owned());
+        let mut versions: Vec<SecretVersion> = self.secrets.iter().filter_map(secret_version_of).collect();
+        versions.sort();
+        versions.into_iter().rev().find(|v| has(v.password_name()) && has(v.url_name()))
+    }
+}
+
+/// The generation a secret belongs to, read from its name.
+pub fn secret_version_of(secret: &ObservedResource) -> Option<SecretVersion> {
+    let rest = secret
+        .name
+        .strip_prefix("evi-state-password-v")
+        .or_else(|| secret.name.strip_prefix("evi-valkey-url-v"))?;
+    rest.parse().ok().map(SecretVersion)
+}
+
+/// The kinds of resources, for messages and plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Secret,
+    Network,
+    Volume,
+    Container,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Secret => "secret",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+            Kind::Container => "container",
+        }
+    }
+}
+
+/// What happens to one resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Change {
+    /// Write the config file (create or update).
+    WriteConfig { content: String },
+    /// Create a new password and its two secrets under these names.
+    CreateSecrets { version: SecretVersion },
+    CreateNetwork,
+    CreateVolume,
+    CreateContainer { spec: Box<ContainerSpec> },
+    /// Stop and remove, then create from the spec.
+    ReplaceContainer { spec: Box<ContainerSpec> },
+    /// Exists and matches, but is not running.
+    StartContainer,
+    RemoveContainer,
+    RemoveSecret,
+    Keep,
+}
+
+/// How a change is shown: Terraform's symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    Create,
+    Update,
+    Replace,
+    Start,
+    Remove,
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub kind: Kind,
+    pub name: String,
+    pub verb: Verb,
+    /// Why: the field that differs, what is missing, ...
+    pub reason: String,
+    /// For a config update: a unified diff of the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    pub change: Change,
+}
+
+/// The ordered steps `up` takes. Keeps are included so the plan shows the whole host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn count(&self, verb: Verb) -> usize {
+        self.steps.iter().filter(|s| s.verb == verb).count()
+    }
+    pub fn has_changes(&self) -> bool {
+        self.steps.iter().any(|s| s.verb != Verb::Keep)
+    }
+}

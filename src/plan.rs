@@ -1,0 +1,378 @@
+//! The planner: a pure function from (desired, observed) to an ordered plan.
+//!
+//! No I/O and no async, so every rule below is covered by table tests against
+//! in-memory states. The order of the steps is the order `apply` takes them in:
+//! config file, secrets, network, volume, evi-state, clients, clean-up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::desired::field_hashes;
+use crate::model::*;
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// A resource holds one of our names but evi-install did not create it.
+    Foreign { kind: Kind, name: String },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Foreign { kind, name } => write!(
+                f,
+                "{} `{name}` exists but was not created by evi-install (it lacks the label {MANAGED_LABEL}=true), \
+                 so evi-install will not touch it; remove or rename it (`podman {} rm {name}`) and run again",
+                kind.as_str(),
+                kind.as_str(),
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// The password generation `up` should use: the current complete pair, or a
+/// new one numbered past every secret already seen (so a leftover from an
+/// interrupted run never collides with the new names).
+pub fn secret_version_for(observed: &Observed) -> SecretVersion {
+    observed.current_secret_version().unwrap_or_else(|| {
+        observed
+            .secrets
+            .iter()
+            .filter_map(secret_version_of)
+            .max()
+            .map_or(SecretVersion(1), SecretVersion::next)
+    })
+}
+
+/// Refuses to plan over resources that carry our names but not our label.
+pub fn check_ownership(desired: &Desired, observed: &Observed) -> Result<(), PlanError> {
+    let foreign = |kind, name: &str| Err(PlanError::Foreign { kind, name: name.to_string() });
+    for c in desired.containers.iter().map(|c| &c.name).chain(&desired.unwanted_containers) {
+        if let Some(existing) = observed.containers.get(c) {
+            if !existing.owned() {
+                return foreign(Kind::Container, c);
+            }
+        }
+    }
+    if let Some(n) = observed.network.as_ref().filter(|n| !n.owned()) {
+        return foreign(Kind::Network, &n.name);
+    }
+    if let Some(v) = observed.volume.as_ref().filter(|v| !v.owned()) {
+        return foreign(Kind::Volume, &v.name);
+    }
+    if let Some(s) = observed.secrets.iter().find(|s| !s.owned()) {
+        return foreign(Kind::Secret, &s.name);
+    }
+    Ok(())
+}
+
+pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
+    check_ownership(desired, observed)?;
+    let mut steps = Vec::new();
+
+    steps.push(config_step(desired, observed));
+
+    let version = desired.secret_version;
+    let secrets_name = format!("{} + {}", version.password_name(), version.url_name());
+    if observed.current_secret_version() == Some(version) {
+        steps.push(keep(Kind::Secret, &secrets_name));
+    } else {
+        steps.push(step(
+            Kind::Secret,
+            &secrets_name,
+            Verb::Create,
+            "no password yet: a new one is generated and never shown",
+            Change::CreateSecrets { version },
+        ));
+    }
+
+    let network_created = observed.network.is_none();
+    steps.push(if network_created {
+        step(Kind::Network, &desired.network, Verb::Create, "missing", Change::CreateNetwork)
+    } else {
+        keep(Kind::Network, &desired.network)
+    });
+    let volume_created = observed.volume.is_none();
+    steps.push(if volume_created {
+        step(Kind::Volume, &desired.volume, Verb::Create, "missing", Change::CreateVolume)
+    } else {
+        keep(Kind::Volume, &desired.volume)
+    });
+
+    for spec in &desired.containers {
+        let mounts_new_volume = volume_created && spec.mounts.iter().any(|m| matches!(m, Mount::Volume { .. }));
+        steps.push(container_step(spec, observed.containers.get(&spec.name), network_created, mounts_new_volume));
+    }
+
+    for name in &desired.unwanted_containers {
+        if observed.containers.contains_key(name) {
+            steps.push(step(Kind::Container, name, Verb::Remove, "no image set for it in the settings", Change::RemoveContainer));
+        }
+    }
+
+    for secret in &observed.secrets {
+        if secret_version_of(secret) != Some(version) {
+            let reason = format!("superseded by generation v{}", version.0);
+            steps.push(step(Kind::Secret, &secret.name, Verb::Remove, &reason, Change::RemoveSecret));
+        }
+    }
+
+    Ok(Plan { steps })
+}
+
+fn config_step(desired: &Desired, observed: &Observed) -> Step {
+    let path = desired.config.path.display().to_string();
+    let content = &desired.config.content;
+    let write = Change::WriteConfig { content: content.clone() };
+    match &observed.config {
+        None => step(Kind::File, &path, Verb::Create, "missing", write),
+        Some(current) if current == content => keep(Kind::File, &path),
+        Some(current) => {
+            let mut s = step(Kind::File, &path, Verb::Update, "content differs from the settings", write);
+            s.diff = Some(unified_diff(current, content));
+            s
+        }
+    }
+}
+
+fn container_step(
+    spec: &ContainerSpec,
+    observed: Option<&ObservedContainer>,
+    network_created: bool,
+    volume_created: bool,
+) -> Step {
+    let create = |verb, reason: &str| {
+        let change = match verb {
+            Verb::Create => Change::CreateContainer { spec: Box::new(spec.clone()) },
+            _ => Change::ReplaceContainer { spec: Box::new(spec.clone()) },
+        };
+        step(Kind::Container, &spec.name, verb, reason, change)
+    };
+    let Some(current) = observed else {
+        return create(Verb::Create, "missing");
+    };
+    let drift = drifted_fields(spec, current);
+    if !drift.is_empty() {
+        return create(Verb::Replace, &format!("{} changed", drift.join(", ")));
+    }
+    if network_created {
+        return create(Verb::Replace, &format!("its network {} is being created", spec.network));
+    }
+    if volume_created {
+        return create(Verb::Replace, "its data volume is being created");
+    }
+    if !current.running {
+        return step(Kind::Container, &spec.name, Verb::Start, &format!("matches but is {}", current.state), Change::StartContainer);
+    }
+    keep(Kind::Container, &spec.name)
+}
+
+/// The names of the fields that differ between the spec and the container's
+/// labels, or `definition` when the labels say too little to tell.
+fn drifted_fields(spec: &ContainerSpec, current: &ObservedContainer) -> Vec<String> {
+    if current.labels.get(HASH_LABEL) == spec.labels.get(HASH_LABEL) {
+        return vec![];
+    }
+    let recorded: Option<BTreeMap<String, String>> =
+        current.labels.get(FIELDS_LABEL).and_then(|json| serde_json::from_str(json).ok());
+    let Some(recorded) = recorded else {
+        return vec!["definition".to_string()];
+    };
+    let fields: Vec<String> = field_hashes(spec)
+        .into_iter()
+        .filter(|(name, hash)| recorded.get(name) != Some(hash))
+        .map(|(name, _)| match name.as_str() {
+            "config" => "valkey.conf".to_string(),
+            "secrets" => "password generation".to_string(),
+            _ => name,
+        })
+        .collect();
+    if fields.is_empty() {
+        vec!["definition".to_string()]
+    } else {
+        fields
+    }
+}
+
+pub fn unified_diff(old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(2)
+        .header("current", "planned")
+        .to_string()
+}
+
+fn step(kind: Kind, name: &str, verb: Verb, reason: &str, change: Change) -> Step {
+    Step { kind, name: name.to_string(), verb, reason: reason.to_string(), diff: None, change }
+}
+
+fn keep(kind: Kind, name: &str) -> Step {
+    step(kind, name, Verb::Keep, "matches the settings", Change::Keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{build, owned_labels};
+    use crate::settings::from_yaml;
+
+    const CONF: &str = "maxmemory 1gb\n";
+
+    fn desired(conf: &str, yaml: &str) -> Desired {
+        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), yaml)), None).unwrap();
+        build(&settings, conf, SecretVersion(1))
+    }
+
+    fn app() -> Desired {
+        desired(CONF, "services: { evi-be: { image: app }, evi-worker: { image: app } }")
+    }
+
+    /// The host exactly as `up` leaves it for `d`.
+    fn converged(d: &Desired) -> Observed {
+        let owned = |name: &str| ObservedResource { name: name.to_string(), labels: owned_labels() };
+        Observed {
+            config: Some(d.config.content.clone()),
+            network: Some(owned(&d.network)),
+            volume: Some(owned(&d.volume)),
+            secrets: vec![owned(&d.secret_version.password_name()), owned(&d.secret_version.url_name())],
+            containers: d
+                .containers
+                .iter()
+                .map(|c| {
+                    let o = ObservedContainer {
+                        name: c.name.clone(),
+                        image: c.image.clone(),
+                        labels: c.labels.clone(),
+                        running: true,
+                        state: "running".into(),
+                    };
+                    (c.name.clone(), o)
+                })
+                .collect(),
+        }
+    }
+
+    fn summary(p: &Plan) -> Vec<String> {
+        p.steps
+            .iter()
+            .filter(|s| s.verb != Verb::Keep)
+            .map(|s| format!("{:?} {} {}", s.verb, s.kind.as_str(), s.name))
+            .collect()
+    }
+
+    #[test]
+    fn fresh_host_creates_everything_in_dependency_order() {
+        let p = plan(&app(), &Observed::default()).unwrap();
+        assert_eq!(
+            summary(&p),
+            [
+                "Create file /var/lib/evi/valkey/valkey.conf",
+                "Create secret evi-state-password-v1 + evi-valkey-url-v1",
+                "Create network evi-net",
+                "Create volume evi-state-data",
+                "Create container evi-state",
+                "Create container evi-be",
+                "Create container evi-worker",
+            ]
+        );
+    }
+
+    #[test]
+    fn converged_host_has_no_changes() {
+        let d = app();
+        let p = plan(&d, &converged(&d)).unwrap();
+        assert!(!p.has_changes(), "{:?}", summary(&p));
+        assert_eq!(p.count(Verb::Keep), 7);
+    }
+
+    #[test]
+    fn table_of_drift() {
+        type Mutate = fn(&mut Observed);
+        let cases: Vec<(&str, Mutate, Vec<&str>)> = vec![
+            ("evi-be removed by hand", |o| { o.containers.remove("evi-be"); }, vec!["Create container evi-be"]),
+            ("config removed by hand", |o| o.config = None, vec!["Create file /var/lib/evi/valkey/valkey.conf"]),
+            ("evi-worker stopped", |o| o.containers.get_mut("evi-worker").unwrap().running = false, vec!["Start container evi-worker"]),
+            (
+                "volume gone: evi-state must move to the new one",
+                |o| o.volume = None,
+                vec!["Create volume evi-state-data", "Replace container evi-state"],
+            ),
+            (
+                "old generation left behind",
+                |o| o.secrets.push(ObservedResource { name: "evi-valkey-url-v0".into(), labels: owned_labels() }),
+                vec!["Remove secret evi-valkey-url-v0"],
+            ),
+        ];
+        let d = app();
+        for (name, mutate, expected) in cases {
+            let mut o = converged(&d);
+            mutate(&mut o);
+            assert_eq!(summary(&plan(&d, &o).unwrap()), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_config_change_replaces_evi_state_only_and_shows_a_diff() {
+        let old = app();
+        let new = desired("maxmemory 512mb\n", "services: { evi-be: { image: app }, evi-worker: { image: app } }");
+        let p = plan(&new, &converged(&old)).unwrap();
+        assert_eq!(summary(&p), ["Update file /var/lib/evi/valkey/valkey.conf", "Replace container evi-state"]);
+        assert_eq!(p.steps[0].diff.as_deref(), Some("--- current\n+++ planned\n@@ -1 +1 @@\n-maxmemory 1gb\n+maxmemory 512mb\n"));
+        let replace = p.steps.iter().find(|s| s.verb == Verb::Replace).unwrap();
+        assert_eq!(replace.reason, "valkey.conf changed");
+    }
+
+    #[test]
+    fn a_header_only_change_rewrites_the_file_without_restarting() {
+        let old = app();
+        let new = desired("# new header\nmaxmemory 1gb\n", "services: { evi-be: { image: app }, evi-worker: { image: app } }");
+        assert_eq!(summary(&plan(&new, &converged(&old)).unwrap()), ["Update file /var/lib/evi/valkey/valkey.conf"]);
+    }
+
+    #[test]
+    fn an_image_change_names_the_field() {
+        let old = app();
+        let new = desired(CONF, "services: { evi-be: { image: app2 }, evi-worker: { image: app } }");
+        let p = plan(&new, &converged(&old)).unwrap();
+        let s = p.steps.iter().find(|s| s.verb == Verb::Replace).unwrap();
+        assert_eq!((s.name.as_str(), s.reason.as_str()), ("evi-be", "image changed"));
+    }
+
+    #[test]
+    fn a_worker_dropped_from_the_settings_is_removed() {
+        let old = app();
+        let new = desired(CONF, "services: { evi-be: { image: app } }");
+        assert_eq!(summary(&plan(&new, &converged(&old)).unwrap()), ["Remove container evi-worker"]);
+    }
+
+    #[test]
+    fn foreign_resources_stop_the_plan() {
+        let d = app();
+        let cases: Vec<(fn(&mut Observed), &str)> = vec![
+            (|o| o.containers.get_mut("evi-state").unwrap().labels.clear(), "container `evi-state`"),
+            (|o| o.network.as_mut().unwrap().labels.clear(), "network `evi-net`"),
+            (|o| o.volume.as_mut().unwrap().labels.clear(), "volume `evi-state-data`"),
+            (|o| o.secrets[0].labels.clear(), "secret `evi-state-password-v1`"),
+        ];
+        for (mutate, named) in cases {
+            let mut o = converged(&d);
+            mutate(&mut o);
+            let err = plan(&d, &o).unwrap_err().to_string();
+            assert!(err.starts_with(named), "{err}");
+        }
+    }
+
+    #[test]
+    fn secret_versions() {
+        let owned = |name: &str| ObservedResource { name: name.into(), labels: owned_labels() };
+        let mut o = Observed::default();
+        assert_eq!(secret_version_for(&o), SecretVersion(1));
+        o.secrets = vec![owned("evi-valkey-url-v4")];
+        assert_eq!(secret_version_for(&o), SecretVersion(5), "an incomplete pair is skipped");
+        o.secrets.push(owned("evi-state-password-v4"));
+        assert_eq!(secret_version_for(&o), SecretVersion(4));
+    }
+}
