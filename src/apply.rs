@@ -166,7 +166,7 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
     loop {
         match engine.container_state(STATE_CONTAINER).await? {
             Some((state, code)) if state == "exited" || state == "stopped" => {
-                let logs = engine.logs(STATE_CONTAINER, 20).await.unwrap_or_default();
+                let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
                 bail!(
                     "evi-state exited at start (exit code {code}); its last log lines:\n{}",
                     indent(&redact(&logs))
@@ -181,7 +181,7 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
             Err(e) => last = format!("{e:#}"),
         }
         if Instant::now() >= deadline {
-            let logs = engine.logs(STATE_CONTAINER, 20).await.unwrap_or_default();
+            let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
             bail!(
                 "evi-state did not answer an authenticated PING within {}s (last answer: {}); its last log lines:\n{}",
                 timeout.as_secs(),

@@ -50,7 +50,12 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
             Mount::Bind { source: config_path.clone(), target: CONF_IN_CONTAINER.to_string(), read_only: true },
             Mount::Volume { name: DATA_VOLUME.to_string(), target: "/data".to_string() },
         ],
-        secrets: vec![SecretUse::File { secret: version.password_name(), target: PASSWORD_SECRET_TARGET.to_string() }],
+        secrets: vec![SecretUse::File {
+            secret: version.password_name(),
+            target: PASSWORD_SECRET_TARGET.to_string(),
+            // Readable by the container's user, whose uid differs between images.
+            mode: 0o444,
+        }],
         network: settings.network.clone(),
         aliases: vec![STATE_CONTAINER.to_string()],
         restart: "always".to_string(),

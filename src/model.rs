@@ -77,8 +77,8 @@ pub enum Mount {
 /// A secret as a container sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecretUse {
-    /// Mounted at `/run/secrets/<target>`.
-    File { secret: String, target: String },
+    /// Mounted at `/run/secrets/<target>` with this file mode.
+    File { secret: String, target: String, mode: u32 },
     /// Exposed as environment variable `var`.
     Env { secret: String, var: String },
 }

@@ -186,7 +186,6 @@ fn drifted_fields(spec: &ContainerSpec, current: &ObservedContainer) -> Vec<Stri
         .filter(|(name, hash)| recorded.get(name) != Some(hash))
         .map(|(name, _)| match name.as_str() {
             "config" => "valkey.conf".to_string(),
-            "secrets" => "password generation".to_string(),
             _ => name,
         })
         .collect();

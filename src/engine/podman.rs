@@ -144,17 +144,20 @@ impl PodmanEngine {
 
     async fn secrets(&self) -> Result<Vec<ObservedResource>> {
         let list = self.podman.secrets().list().await.map_err(|e| fault("list secrets", e))?;
-        let mut ours: Vec<ObservedResource> = list
+        let mut names: Vec<String> = list
             .into_iter()
-            .filter_map(|s| s.spec)
-            .filter_map(|spec| {
-                let name = spec.name?;
-                let resource = ObservedResource { name, labels: spec.labels.unwrap_or_default().into_iter().collect() };
-                secret_version_of(&resource).map(|_| resource)
-            })
+            .filter_map(|s| s.spec.and_then(|spec| spec.name))
+            .filter(|name| secret_version_of(&ObservedResource { name: name.clone(), ..Default::default() }).is_some())
             .collect();
-        ours.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(ours)
+        names.sort();
+        // Podman 4.3 leaves labels out of the secret list, so each of ours
+        // (normally two) is inspected, concurrently.
+        let inspections = names.iter().map(|name| async move {
+            let info = self.podman.secrets().get(name).inspect().await.map_err(|e| fault(&format!("inspect secret {name}"), e))?;
+            let labels = info.spec.and_then(|spec| spec.labels).unwrap_or_default();
+            Ok::<_, anyhow::Error>(ObservedResource { name: name.clone(), labels: labels.into_iter().collect() })
+        });
+        futures_util::future::try_join_all(inspections).await
     }
 }
 
@@ -281,12 +284,13 @@ impl Engine for PodmanEngine {
         let mut env_secrets = Vec::new();
         for s in &spec.secrets {
             match s {
-                SecretUse::File { secret, target } => file_secrets.push(models::Secret {
+                SecretUse::File { secret, target, mode } => file_secrets.push(models::Secret {
                     source: Some(secret.clone()),
                     target: Some(target.clone()),
                     uid: None,
                     gid: None,
-                    mode: None,
+                    // Always explicit: Podman 4.3 mounts the file with mode 0 when none is given.
+                    mode: Some(*mode),
                 }),
                 SecretUse::Env { secret, var } => env_secrets.push((var.clone(), secret.clone())),
             }

@@ -1,0 +1,392 @@
+#!/usr/bin/env bash
+# Test environment for evi-install's end-to-end tests: a rootful Podman with its
+# libpod REST service on a private socket, and a locally built Valkey 8 image.
+#
+# Two ways to use it:
+#
+#   * From another bash script (scripts/test.sh, scripts/up-example.sh):
+#
+#         source scripts/test-env.sh
+#         trap evi_test_env_stop EXIT   # only if the service must not outlive the script
+#         evi_test_env_up
+#
+#     Sourcing only defines functions and variables; evi_test_env_up does the work, so
+#     the caller can install its trap *before* anything is started and nothing leaks.
+#
+#   * Directly:  scripts/test-env.sh start   (set up, leave the service running)
+#                scripts/test-env.sh stop    (stop the service recorded in the PID file)
+#
+# After evi_test_env_up these are exported for the tests:
+#   EVI_TEST_PODMAN_URL    unix://$EVI_TEST_DIR/podman.sock
+#   EVI_TEST_VALKEY_IMAGE  localhost/evi-valkey-test:8
+#   CONTAINERS_CONF        $EVI_TEST_DIR/containers.conf
+#
+# Why the odd containers.conf: on these machines crun cannot raise RLIMIT_NOFILE (no
+# CAP_SYS_RESOURCE) and does not support the hybrid cgroup layout, so containers only start
+# with runc and lower default ulimits. That is a quirk of the sandbox, so it lives here,
+# in the test harness, and never in the product's defaults.
+#
+# Why a local image: no container registry is reachable, so Valkey 8 (Debian trixie's
+# valkey-server) is debootstrapped and imported, then cached in Podman's storage.
+#
+# Every failure is fatal and loud: a missing prerequisite must fail the test run, never
+# turn the end-to-end tests into silent skips.
+
+set -euo pipefail
+
+EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
+EVI_TEST_VALKEY_IMAGE="${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}"
+# Debian packages the harness needs. curl is for the readiness ping of the REST service.
+EVI_TEST_PACKAGES=(podman runc debootstrap busybox-static uidmap ca-certificates curl)
+# How long to wait for the REST service to answer its ping.
+EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
+
+evi_log() { printf '[test-env] %s\n' "$*" >&2; }
+
+# exit, not return: when sourced from a script this ends that script with an error,
+# which is the point (fail the run rather than skip).
+evi_die() {
+    printf '[test-env] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+evi_require_root() {
+    # Rootful Podman, apt-get and debootstrap all need root; this is how the dev/CI
+    # machines run.
+    [[ "$(id -u)" -eq 0 ]] || evi_die "must run as root (rootful podman, apt-get, debootstrap)"
+}
+
+evi_pkg_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+# Install whatever is missing from EVI_TEST_PACKAGES; no apt-get at all when nothing is.
+evi_install_packages() {
+    local missing=() pkg
+    for pkg in "${EVI_TEST_PACKAGES[@]}"; do
+        evi_pkg_installed "$pkg" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    command -v apt-get >/dev/null || evi_die "apt-get not found; this harness expects Debian 12 (missing: ${missing[*]})"
+    evi_log "installing missing Debian packages: ${missing[*]}"
+    # The lock timeout makes us wait for another apt (e.g. a provisioning run) instead of
+    # failing straight away on the dpkg lock.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update ||
+        evi_die "apt-get update failed"
+    apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}" ||
+        evi_die "apt-get install ${missing[*]} failed"
+    for pkg in "${missing[@]}"; do
+        evi_pkg_installed "$pkg" || evi_die "package $pkg still not installed after apt-get install"
+    done
+}
+
+evi_require_cargo() {
+    # rustup puts cargo in ~/.cargo/bin, which a non-login shell (CI) may not have on PATH.
+    if ! command -v cargo >/dev/null && [[ -x "${HOME:-/root}/.cargo/bin/cargo" ]]; then
+        export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null ||
+        evi_die "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), e.g. 'curl --proto =https --tlsv1.2 -sSf https://sh.rustup.rs | sh', then add ~/.cargo/bin to PATH"
+}
+
+# The test-only containers.conf; both the REST service and every podman CLI call must see
+# it (they share root's storage), hence the export.
+evi_write_containers_conf() {
+    mkdir -p "$EVI_TEST_DIR"
+    cat >"$EVI_TEST_DIR/containers.conf" <<'EOF'
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+EOF
+    export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
+}
+
+evi_socket_path() { printf '%s/podman.sock' "$EVI_TEST_DIR"; }
+evi_pid_file() { printf '%s/podman-service.pid' "$EVI_TEST_DIR"; }
+
+evi_ping() {
+    local answer
+    answer="$(curl --silent --fail --max-time 2 --unix-socket "$(evi_socket_path)" \
+        http://d/v4.0.0/libpod/_ping 2>/dev/null)" || return 1
+    [[ "$answer" == OK ]]
+}
+
+# True if PID is a live (not zombie) "podman system service" process. Checking the command
+# line guards against killing an unrelated process that reused a stale PID.
+evi_service_alive() {
+    local pid="$1" state cmdline
+    [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [[ "$state" != Z ]] || return 1
+    # Captured, not piped into grep -q: with pipefail an early grep exit can fail the pipe.
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"podman system service"* ]]
+}
+
+# Start the libpod REST service on a private socket (there is no systemd to socket-activate
+# it). Reuses a service that an earlier `start` (e.g. scripts/up-example.sh) left running on
+# the same socket; in that case EVI_TEST_PODMAN_STARTED stays 0 and evi_test_env_stop
+# leaves it alone.
+evi_start_service() {
+    local sock pidfile pid log deadline
+    sock="$(evi_socket_path)"
+    pidfile="$(evi_pid_file)"
+    log="$EVI_TEST_DIR/podman-service.log"
+    export EVI_TEST_PODMAN_STARTED=0
+    export EVI_TEST_PODMAN_URL="unix://$sock"
+
+    # sun_path is 108 bytes; a deep checkout would otherwise fail with an obscure bind error.
+    ((${#sock} < 100)) || evi_die "socket path too long for a unix socket (${#sock} bytes): $sock; set EVI_TEST_DIR to a shorter directory"
+
+    if [[ -f "$pidfile" ]]; then
+        pid="$(<"$pidfile")"
+        if evi_service_alive "$pid" && evi_ping; then
+            evi_log "reusing running podman service (pid $pid) on $sock"
+            EVI_TEST_PODMAN_PID="$pid"
+            return 0
+        fi
+        rm -f "$pidfile"
+    fi
+    # A socket file left by a killed service makes bind() fail.
+    rm -f "$sock"
+
+    evi_log "starting podman system service on $sock (log: $log)"
+    # nohup: the service must survive the end of scripts/up-example.sh and a closed terminal;
+    # it execs podman, so $! is podman's own PID.
+    nohup podman system service --time=0 "unix://$sock" >"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$pidfile"
+    export EVI_TEST_PODMAN_PID="$pid"
+    EVI_TEST_PODMAN_STARTED=1
+
+    deadline=$((SECONDS + EVI_TEST_SERVICE_TIMEOUT))
+    until evi_ping; do
+        if ! evi_service_alive "$pid"; then
+            evi_log "podman service log:"
+            tail -n 30 "$log" >&2 || true
+            evi_test_env_stop
+            evi_die "podman system service exited before answering on $sock"
+        fi
+        if ((SECONDS >= deadline)); then
+            evi_log "podman service log:"
+            tail -n 30 "$log" >&2 || true
+            evi_test_env_stop
+            evi_die "podman system service did not answer _ping within ${EVI_TEST_SERVICE_TIMEOUT}s"
+        fi
+        sleep 0.2
+    done
+    evi_log "podman service ready (pid $pid, $(podman --version))"
+}
+
+# Stop the service by PID, only if this shell started it (or, when run as
+# `test-env.sh stop`, whatever the PID file records). Safe to call more than once and from
+# an EXIT trap: it never fails.
+evi_test_env_stop() {
+    local pid="${EVI_TEST_PODMAN_PID:-}" pidfile i
+    pidfile="$(evi_pid_file)"
+    [[ "${EVI_TEST_PODMAN_STARTED:-0}" == 1 && -n "$pid" ]] || return 0
+    if evi_service_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            evi_service_alive "$pid" || break
+            sleep 0.2
+        done
+        if evi_service_alive "$pid"; then
+            evi_log "podman service (pid $pid) ignored SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # Reap it if it is our child, so it does not linger as a zombie.
+    wait "$pid" 2>/dev/null || true
+    if [[ -f "$pidfile" && "$(<"$pidfile")" == "$pid" ]]; then
+        rm -f "$pidfile"
+    fi
+    rm -f "$(evi_socket_path)"
+    EVI_TEST_PODMAN_STARTED=0
+    evi_log "podman service (pid $pid) stopped"
+}
+
+# The URL of the Debian mirror apt on this machine uses (not the security archive), so
+# debootstrap goes wherever apt is allowed to go. EVI_TEST_DEBIAN_MIRROR overrides it.
+evi_debian_mirror() {
+    local uri=""
+    if [[ -n "${EVI_TEST_DEBIAN_MIRROR:-}" ]]; then
+        printf '%s\n' "$EVI_TEST_DEBIAN_MIRROR"
+        return 0
+    fi
+    shopt -s nullglob
+    local sources=(/etc/apt/sources.list.d/*.sources)
+    shopt -u nullglob
+    if ((${#sources[@]})); then
+        # deb822: "URIs: a b"; take the first URI that is not the security archive.
+        uri="$(awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' "${sources[@]}" |
+            grep -v -- '-security' | grep -E '^(https?|ftp)://' | head -n 1 || true)"
+    fi
+    if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
+        # One-line format: "deb [opts] URI suite comps".
+        uri="$(sed -E -n 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
+            /etc/apt/sources.list | grep -v -- '-security' | grep -E '^(https?|ftp)://' | head -n 1 || true)"
+    fi
+    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+# debootstrap verifies trixie's Release file against /usr/share/keyrings/
+# debian-archive-keyring.gpg. Bookworm's keyring has the trixie keys only from
+# 2023.3+deb12u2 on; an older one gets upgraded from the bookworm point release/updates.
+# We never fall back to --no-check-gpg.
+EVI_ARCHIVE_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+
+evi_keyring_has_trixie() {
+    local keys
+    [[ -r "$EVI_ARCHIVE_KEYRING" ]] || return 1
+    if ! command -v gpg >/dev/null; then
+        # No gpg to list keys with (it is not a dependency of anything we install): the
+        # trixie keys arrived in bookworm's debian-archive-keyring 2023.3+deb12u2.
+        dpkg --compare-versions "$(dpkg-query -W -f='${Version}' debian-archive-keyring 2>/dev/null || echo 0)" \
+            ge 2023.3+deb12u2
+        return
+    fi
+    keys="$(gpg --batch --no-default-keyring --keyring "$EVI_ARCHIVE_KEYRING" --list-keys 2>/dev/null)" || return 1
+    [[ "$keys" == *"(13/trixie)"* ]]
+}
+
+evi_require_trixie_keyring() {
+    evi_keyring_has_trixie && return 0
+    evi_log "the Debian archive keyring has no trixie key; upgrading debian-archive-keyring"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update || evi_die "apt-get update failed"
+    apt-get -o DPkg::Lock::Timeout=300 install -y debian-archive-keyring ||
+        evi_die "could not install debian-archive-keyring"
+    evi_keyring_has_trixie ||
+        evi_die "$EVI_ARCHIVE_KEYRING still has no Debian 13/trixie signing key (need debian-archive-keyring >= 2023.3+deb12u2); cannot verify trixie for debootstrap"
+}
+
+# Unmount anything debootstrap left mounted inside ROOT (it mounts proc/sys during the
+# second stage and may leave them after a failure), then delete ROOT without crossing into
+# any other filesystem.
+evi_remove_root() {
+    local root="$1" mnt
+    [[ -n "$root" && -d "$root" ]] || return 0
+    # Deepest first; /proc/self/mounts escapes spaces as \040, our mktemp paths have none.
+    while read -r mnt; do
+        umount -l "$mnt" 2>/dev/null || true
+    done < <(awk -v r="$root" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/self/mounts | sort -r)
+    rm -rf --one-file-system "$root"
+}
+
+# Build localhost/evi-valkey-test:8 unless it is already in Podman's storage.
+evi_build_valkey_image() {
+    if podman image exists "$EVI_TEST_VALKEY_IMAGE"; then
+        evi_log "image $EVI_TEST_VALKEY_IMAGE already present (cached)"
+        return 0
+    fi
+    evi_require_trixie_keyring
+    mkdir -p "$EVI_TEST_DIR"
+    # Serialise concurrent builds (two test runs at once) and re-check under the lock.
+    # The subshell is not run as "( ... ) || die": bash ignores errexit inside anything on
+    # the left of ||, which would let a failed step go unnoticed.
+    local rc
+    set +e
+    (
+        set -e
+        flock 9
+        if podman image exists "$EVI_TEST_VALKEY_IMAGE"; then
+            exit 0
+        fi
+        _evi_build_valkey_image_locked
+    ) 9>"$EVI_TEST_DIR/image-build.lock"
+    rc=$?
+    set -e
+    ((rc == 0)) || evi_die "building $EVI_TEST_VALKEY_IMAGE failed"
+}
+
+# Runs in a subshell (see above), so its EXIT trap only cleans up the build root.
+_evi_build_valkey_image_locked() {
+    local mirror root start uid gid
+    mirror="$(evi_debian_mirror)"
+    start=$SECONDS
+    root="$(mktemp -d "$EVI_TEST_DIR/valkey-root.XXXXXX")"
+    # shellcheck disable=SC2064  # expand $root now: it is local to this function
+    trap "evi_remove_root '$root'" EXIT
+    evi_log "building $EVI_TEST_VALKEY_IMAGE: debootstrap trixie from $mirror (log: $EVI_TEST_DIR/debootstrap.log)"
+
+    # trixie ships valkey-server 8.x; valkey-server pulls in valkey-tools (valkey-cli).
+    if ! debootstrap --variant=minbase --include=valkey-server trixie "$root" "$mirror" \
+        >"$EVI_TEST_DIR/debootstrap.log" 2>&1; then
+        tail -n 30 "$EVI_TEST_DIR/debootstrap.log" >&2 || true
+        [[ -f "$root/debootstrap/debootstrap.log" ]] && tail -n 30 "$root/debootstrap/debootstrap.log" >&2
+        evi_die "debootstrap of trixie failed (see $EVI_TEST_DIR/debootstrap.log)"
+    fi
+
+    # The tests run valkey as the image's own 'valkey' user (created by valkey-server's
+    # postinst); without it /data ownership below makes no sense.
+    uid="$(awk -F: '$1 == "valkey" { print $3 }' "$root/etc/passwd")"
+    gid="$(awk -F: '$1 == "valkey" { print $4 }' "$root/etc/passwd")"
+    [[ -n "$uid" && -n "$gid" ]] || evi_die "debootstrapped root has no 'valkey' user in /etc/passwd"
+
+    local tool
+    for tool in /bin/sh /usr/bin/sleep /usr/bin/valkey-server /usr/bin/valkey-cli; do
+        # -e follows symlinks relative to the host, so check with the root's layout in mind:
+        # trixie is merged-/usr, /bin -> usr/bin.
+        [[ -e "$root$tool" || -L "$root$tool" ]] || evi_die "debootstrapped root lacks $tool"
+    done
+
+    # Like the official valkey image: /data belongs to valkey, so a fresh named volume
+    # mounted there (Podman copies the mount point's ownership into it) is writable by
+    # that user.
+    mkdir -p "$root/data"
+    chown "$uid:$gid" "$root/data"
+    chmod 0755 "$root/data"
+
+    # Downloaded .debs and apt lists are dead weight in a test image.
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/debootstrap"
+
+    # --numeric-owner: the host has no 'valkey' user; keep the image's own IDs.
+    tar --numeric-owner -C "$root" -c . | podman import --quiet - "$EVI_TEST_VALKEY_IMAGE" >/dev/null ||
+        evi_die "podman import of $EVI_TEST_VALKEY_IMAGE failed"
+    evi_log "built $EVI_TEST_VALKEY_IMAGE in $((SECONDS - start))s (valkey uid:gid $uid:$gid)"
+}
+
+# Everything the end-to-end tests need. Fails (exits) on any missing piece.
+evi_test_env_up() {
+    evi_require_root
+    evi_install_packages
+    evi_require_cargo
+    evi_write_containers_conf
+    evi_start_service
+    evi_build_valkey_image
+    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE CONTAINERS_CONF
+    evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"
+    evi_log "EVI_TEST_VALKEY_IMAGE=$EVI_TEST_VALKEY_IMAGE"
+    evi_log "CONTAINERS_CONF=$CONTAINERS_CONF"
+}
+
+# Direct execution: `start` leaves the service running, `stop` stops it via the PID file.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    case "${1:-}" in
+        start)
+            evi_test_env_up
+            printf 'export CONTAINERS_CONF=%q EVI_TEST_PODMAN_URL=%q EVI_TEST_VALKEY_IMAGE=%q\n' \
+                "$CONTAINERS_CONF" "$EVI_TEST_PODMAN_URL" "$EVI_TEST_VALKEY_IMAGE"
+            printf '# stop the service with: %q stop\n' "$0"
+            ;;
+        stop)
+            if [[ -f "$(evi_pid_file)" ]]; then
+                EVI_TEST_PODMAN_PID="$(<"$(evi_pid_file)")"
+                EVI_TEST_PODMAN_STARTED=1
+                evi_test_env_stop
+            else
+                evi_log "no podman service recorded in $(evi_pid_file)"
+            fi
+            ;;
+        *)
+            echo "usage: $0 start|stop   (or: source it and call evi_test_env_up)" >&2
+            exit 2
+            ;;
+    esac
+fi

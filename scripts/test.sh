@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# THE test command for evi-install (the README's "scripts/test.sh", and what CI runs via
+# .ci/run): lint, unit and end-to-end tests against a real Podman, then a benchmark smoke
+# run. Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+#
+# It sets up its own Podman REST service and Valkey image (scripts/test-env.sh) and stops
+# the service again on exit, whatever happens, so nothing is left running after CI.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/test-env.sh
+source scripts/test-env.sh
+
+# The trap is in place before anything is started. INT/TERM are turned into a normal exit
+# so that the EXIT trap runs (bash skips it when killed by an untrapped signal).
+trap evi_test_env_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step() { printf '\n===== %s =====\n' "$*"; }
+
+step "test environment (podman service, valkey image)"
+evi_test_env_up
+
+# Fail with the fix spelled out rather than with cargo's "no such command".
+cargo fmt --version >/dev/null 2>&1 || evi_die "rustfmt missing: run 'rustup component add rustfmt'"
+cargo clippy --version >/dev/null 2>&1 || evi_die "clippy missing: run 'rustup component add clippy'"
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test${*:+ $*}"
+cargo test "$@"
+
+if [[ -e bench/run.sh ]]; then
+    step "bench/run.sh --runs 1 (smoke)"
+    if [[ -x bench/run.sh ]]; then
+        bench/run.sh --runs 1
+    else
+        bash bench/run.sh --runs 1
+    fi
+fi
+
+step "all checks passed"
