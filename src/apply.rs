@@ -31,7 +31,10 @@ impl Report {
             self.created, self.replaced, self.updated, self.unchanged
         );
         if self.started + self.removed > 0 {
-            text.push_str(&format!(", {} started, {} removed", self.started, self.removed));
+            text.push_str(&format!(
+                ", {} started, {} removed",
+                self.started, self.removed
+            ));
         }
         text.push_str(&format!(" in {:.1}s.", elapsed.as_secs_f64()));
         text
@@ -95,7 +98,9 @@ async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()
         .steps
         .iter()
         .filter_map(|s| match &s.change {
-            Change::CreateContainer { spec } | Change::ReplaceContainer { spec } => Some(spec.image.as_str()),
+            Change::CreateContainer { spec } | Change::ReplaceContainer { spec } => {
+                Some(spec.image.as_str())
+            }
             _ => None,
         })
         .collect();
@@ -119,16 +124,28 @@ async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()
 async fn apply_step<E: Engine>(engine: &E, step: &Step, opts: &Options) -> Result<()> {
     match &step.change {
         Change::Keep => Ok(()),
-        Change::WriteConfig { content } => write_atomic(std::path::Path::new(&step.name), content.as_bytes(), 0o644),
+        Change::WriteConfig { content } => {
+            write_atomic(std::path::Path::new(&step.name), content.as_bytes(), 0o644)
+        }
         Change::CreateSecrets { version } => {
             let password = Password::generate()?;
             create_secret_pair(engine, *version, &password).await
         }
-        Change::CreateNetwork => engine.create_network(&step.name, &crate::desired::owned_labels()).await,
-        Change::CreateVolume => engine.create_volume(&step.name, &crate::desired::owned_labels()).await,
+        Change::CreateNetwork => {
+            engine
+                .create_network(&step.name, &crate::desired::owned_labels())
+                .await
+        }
+        Change::CreateVolume => {
+            engine
+                .create_volume(&step.name, &crate::desired::owned_labels())
+                .await
+        }
         Change::CreateContainer { spec } => run_container(engine, spec, opts).await,
         Change::ReplaceContainer { spec } => {
-            engine.remove_container(&spec.name, spec.stop_timeout).await?;
+            engine
+                .remove_container(&spec.name, spec.stop_timeout)
+                .await?;
             run_container(engine, spec, opts).await
         }
         Change::StartContainer => {
@@ -155,8 +172,7 @@ async fn run_container<E: Engine>(engine: &E, spec: &ContainerSpec, opts: &Optio
 /// Asks evi-state for an authenticated PING until it answers PONG. The
 /// password is read from the secret inside the container and handed to
 /// valkey-cli in its environment (`REDISCLI_AUTH`), never in arguments.
-pub const PING_SCRIPT: &str =
-    r#"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" exec valkey-cli --no-auth-warning -e ping"#;
+pub const PING_SCRIPT: &str = r#"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" exec valkey-cli --no-auth-warning -e ping"#;
 
 pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -175,7 +191,10 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
             None => bail!("evi-state disappeared while starting"),
             _ => {}
         }
-        match engine.exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[]).await {
+        match engine
+            .exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[])
+            .await
+        {
             Ok(out) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
             Ok(out) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
             Err(e) => last = format!("{e:#}"),
@@ -195,7 +214,10 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -207,18 +229,27 @@ mod tests {
     use crate::settings::from_yaml;
 
     fn ui() -> Ui {
-        Ui { quiet: true, verbose: 0, color: false }
+        Ui {
+            quiet: true,
+            verbose: 0,
+            color: false,
+        }
     }
 
     #[tokio::test]
     async fn fresh_apply_runs_in_order_and_converges() {
         let tmp = tempfile::tempdir().unwrap();
-        let yaml = format!("state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}", tmp.path().display());
+        let yaml = format!(
+            "state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}",
+            tmp.path().display()
+        );
         let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
-        let opts = Options { ready_timeout: Duration::from_secs(1) };
+        let opts = Options {
+            ready_timeout: Duration::from_secs(1),
+        };
         let report = apply(&engine, &p, &ui(), &opts).await.unwrap();
         assert_eq!(report.created, 6);
         assert_eq!(
@@ -237,7 +268,10 @@ mod tests {
         );
         // The URL secret holds exactly the password secret's value in the seed's URL form.
         let values = engine.secret_values.lock().unwrap().clone();
-        assert_eq!(values[0].1, format!("redis://:{}@evi-state:6379", values[1].1));
+        assert_eq!(
+            values[0].1,
+            format!("redis://:{}@evi-state:6379", values[1].1)
+        );
 
         let mut host = engine.host.lock().unwrap().clone();
         host.config = std::fs::read_to_string(settings.config_path()).ok();
@@ -247,13 +281,29 @@ mod tests {
     #[tokio::test]
     async fn a_missing_image_fails_before_any_change() {
         let tmp = tempfile::tempdir().unwrap();
-        let yaml = format!("state_dir: {}\nservices: {{ evi-be: {{ image: missing/app }} }}", tmp.path().display());
+        let yaml = format!(
+            "state_dir: {}\nservices: {{ evi-be: {{ image: missing/app }} }}",
+            tmp.path().display()
+        );
         let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
-        let err = apply(&engine, &p, &ui(), &Options { ready_timeout: Duration::from_secs(1) }).await.unwrap_err();
-        assert!(err.to_string().starts_with("image `missing/app` is not in local storage"), "{err}");
+        let err = apply(
+            &engine,
+            &p,
+            &ui(),
+            &Options {
+                ready_timeout: Duration::from_secs(1),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("image `missing/app` is not in local storage"),
+            "{err}"
+        );
         assert_eq!(engine.calls(), ["pull image missing/app"]);
         assert!(!settings.config_path().exists());
     }

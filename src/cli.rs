@@ -29,23 +29,50 @@ Exit codes: 0 success, 1 error, 2 changes pending (with --detailed-exitcode), 64
 #[command(name = "evi-install", version, about = ABOUT, long_about = LONG_ABOUT, after_help = MAIN_EXAMPLES)]
 pub struct Cli {
     /// Settings file (YAML). Default: ./evi.yaml when it exists
-    #[arg(long, global = true, env = "EVI_CONFIG", hide_env_values = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "EVI_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
 
     /// Where evi-install keeps valkey.conf and its lock [default: /var/lib/evi]
-    #[arg(long, global = true, env = "EVI_STATE_DIR", hide_env_values = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "EVI_STATE_DIR",
+        hide_env_values = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub state_dir: Option<PathBuf>,
 
     /// Podman API address, e.g. unix:///run/podman/podman.sock [default: the standard socket]
-    #[arg(long, global = true, env = "CONTAINER_HOST", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONTAINER_HOST",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
     pub podman_url: Option<String>,
 
     /// Print only errors and the final result
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     /// Print more detail (repeat for more)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
 
     #[command(subcommand)]

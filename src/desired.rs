@@ -47,8 +47,15 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         command: vec!["sh".into(), "-c".into(), STATE_START_SCRIPT.into()],
         user: Some(VALKEY_USER.to_string()),
         mounts: vec![
-            Mount::Bind { source: config_path.clone(), target: CONF_IN_CONTAINER.to_string(), read_only: true },
-            Mount::Volume { name: DATA_VOLUME.to_string(), target: "/data".to_string() },
+            Mount::Bind {
+                source: config_path.clone(),
+                target: CONF_IN_CONTAINER.to_string(),
+                read_only: true,
+            },
+            Mount::Volume {
+                name: DATA_VOLUME.to_string(),
+                target: "/data".to_string(),
+            },
         ],
         secrets: vec![SecretUse::File {
             secret: version.password_name(),
@@ -72,13 +79,18 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         (WORKER_CONTAINER, settings.services.evi_worker.as_ref()),
     ] {
         match service {
-            Some(service) => containers.push(client_spec(name, service, &settings.network, version)),
+            Some(service) => {
+                containers.push(client_spec(name, service, &settings.network, version))
+            }
             None => unwanted.push(name.to_string()),
         }
     }
 
     Desired {
-        config: ConfigFile { path: config_path, content: conf.to_string() },
+        config: ConfigFile {
+            path: config_path,
+            content: conf.to_string(),
+        },
         secret_version: version,
         network: settings.network.clone(),
         volume: DATA_VOLUME.to_string(),
@@ -88,14 +100,22 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
 }
 
 /// evi-be and evi-worker: the app image, `VALKEY_URL` from the env secret.
-fn client_spec(name: &str, service: &Service, network: &str, version: SecretVersion) -> ContainerSpec {
+fn client_spec(
+    name: &str,
+    service: &Service,
+    network: &str,
+    version: SecretVersion,
+) -> ContainerSpec {
     with_labels(ContainerSpec {
         name: name.to_string(),
         image: service.image.clone(),
         command: service.command.clone(),
         user: None,
         mounts: vec![],
-        secrets: vec![SecretUse::Env { secret: version.url_name(), var: URL_ENV.to_string() }],
+        secrets: vec![SecretUse::Env {
+            secret: version.url_name(),
+            var: URL_ENV.to_string(),
+        }],
         network: network.to_string(),
         aliases: vec![name.to_string()],
         restart: "always".to_string(),
@@ -116,9 +136,18 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
         ("user".to_string(), hash(serde_json::json!(spec.user))),
         ("mounts".to_string(), hash(serde_json::json!(spec.mounts))),
         ("secrets".to_string(), hash(serde_json::json!(spec.secrets))),
-        ("network".to_string(), hash(serde_json::json!([spec.network, spec.aliases]))),
-        ("restart".to_string(), hash(serde_json::json!([spec.restart, spec.stop_timeout]))),
-        ("config".to_string(), hash(serde_json::json!(spec.config_hash))),
+        (
+            "network".to_string(),
+            hash(serde_json::json!([spec.network, spec.aliases])),
+        ),
+        (
+            "restart".to_string(),
+            hash(serde_json::json!([spec.restart, spec.stop_timeout])),
+        ),
+        (
+            "config".to_string(),
+            hash(serde_json::json!(spec.config_hash)),
+        ),
     ])
 }
 
@@ -132,7 +161,10 @@ fn with_labels(mut spec: ContainerSpec) -> ContainerSpec {
     let fields_json = serde_json::to_string(&fields).expect("a map of strings serializes");
     spec.labels = Labels::from([
         (MANAGED_LABEL.to_string(), "true".to_string()),
-        (HASH_LABEL.to_string(), hex(&Sha256::digest(fields_json.as_bytes()))),
+        (
+            HASH_LABEL.to_string(),
+            hex(&Sha256::digest(fields_json.as_bytes())),
+        ),
         (FIELDS_LABEL.to_string(), fields_json),
     ]);
     spec
@@ -165,10 +197,20 @@ mod tests {
         let d = build(&s, "port 6379\n", SecretVersion(3));
         assert_eq!(d.containers.len(), 3);
         for c in &d.containers[1..] {
-            assert_eq!(c.secrets, vec![SecretUse::Env { secret: "evi-valkey-url-v3".into(), var: "VALKEY_URL".into() }]);
+            assert_eq!(
+                c.secrets,
+                vec![SecretUse::Env {
+                    secret: "evi-valkey-url-v3".into(),
+                    var: "VALKEY_URL".into()
+                }]
+            );
         }
         assert!(d.unwanted_containers.is_empty());
-        let d = build(&settings("services: { evi-be: { image: app } }"), "", SecretVersion(1));
+        let d = build(
+            &settings("services: { evi-be: { image: app } }"),
+            "",
+            SecretVersion(1),
+        );
         assert_eq!(d.unwanted_containers, ["evi-worker"]);
     }
 
@@ -177,10 +219,19 @@ mod tests {
         let s = settings("services: { evi-be: { image: app } }");
         let a = build(&s, "maxmemory 1gb\n", SecretVersion(1));
         let b = build(&s, "maxmemory 512mb\n", SecretVersion(1));
-        assert_ne!(a.containers[0].labels[HASH_LABEL], b.containers[0].labels[HASH_LABEL]);
-        assert_eq!(a.containers[1].labels[HASH_LABEL], b.containers[1].labels[HASH_LABEL]);
+        assert_ne!(
+            a.containers[0].labels[HASH_LABEL],
+            b.containers[0].labels[HASH_LABEL]
+        );
+        assert_eq!(
+            a.containers[1].labels[HASH_LABEL],
+            b.containers[1].labels[HASH_LABEL]
+        );
         let c = build(&s, "# a new header\nmaxmemory 1gb\n", SecretVersion(1));
-        assert_eq!(a.containers[0].labels[HASH_LABEL], c.containers[0].labels[HASH_LABEL]);
+        assert_eq!(
+            a.containers[0].labels[HASH_LABEL],
+            c.containers[0].labels[HASH_LABEL]
+        );
     }
 
     #[test]
@@ -195,7 +246,19 @@ mod tests {
 
     #[test]
     fn start_script_expands_the_password_only_in_builtins() {
-        let uses: Vec<&str> = STATE_START_SCRIPT.lines().map(str::trim).filter(|l| l.contains("pw")).collect();
-        assert_eq!(uses, ["pw=", "IFS= read -r pw < \"$secret\" || true", "case \"$pw\" in", "requirepass $pw"]);
+        let uses: Vec<&str> = STATE_START_SCRIPT
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("pw"))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                "pw=",
+                "IFS= read -r pw < \"$secret\" || true",
+                "case \"$pw\" in",
+                "requirepass $pw"
+            ]
+        );
     }
 }

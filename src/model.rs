@@ -69,7 +69,11 @@ impl SecretRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mount {
     /// A host file or directory.
-    Bind { source: PathBuf, target: String, read_only: bool },
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
     /// A named volume.
     Volume { name: String, target: String },
 }
@@ -78,7 +82,11 @@ pub enum Mount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecretUse {
     /// Mounted at `/run/secrets/<target>` with this file mode.
-    File { secret: String, target: String, mode: u32 },
+    File {
+        secret: String,
+        target: String,
+        mode: u32,
+    },
     /// Exposed as environment variable `var`.
     Env { secret: String, var: String },
 }
@@ -175,9 +183,13 @@ impl Observed {
     /// The newest password generation with both secrets present and owned.
     pub fn current_secret_version(&self) -> Option<SecretVersion> {
         let has = |name: String| self.secrets.iter().any(|s| s.name == name && s.owned());
-        let mut versions: Vec<SecretVersion> = self.secrets.iter().filter_map(secret_version_of).collect();
+        let mut versions: Vec<SecretVersion> =
+            self.secrets.iter().filter_map(secret_version_of).collect();
         versions.sort();
-        versions.into_iter().rev().find(|v| has(v.password_name()) && has(v.url_name()))
+        versions
+            .into_iter()
+            .rev()
+            .find(|v| has(v.password_name()) && has(v.url_name()))
     }
 }
 
@@ -218,14 +230,22 @@ impl Kind {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Change {
     /// Write the config file (create or update).
-    WriteConfig { content: String },
+    WriteConfig {
+        content: String,
+    },
     /// Create a new password and its two secrets under these names.
-    CreateSecrets { version: SecretVersion },
+    CreateSecrets {
+        version: SecretVersion,
+    },
     CreateNetwork,
     CreateVolume,
-    CreateContainer { spec: Box<ContainerSpec> },
+    CreateContainer {
+        spec: Box<ContainerSpec>,
+    },
     /// Stop and remove, then create from the spec.
-    ReplaceContainer { spec: Box<ContainerSpec> },
+    ReplaceContainer {
+        spec: Box<ContainerSpec>,
+    },
     /// Exists and matches, but is not running.
     StartContainer,
     RemoveContainer,

@@ -49,8 +49,18 @@ pub fn secret_version_for(observed: &Observed) -> SecretVersion {
 
 /// Refuses to plan over resources that carry our names but not our label.
 pub fn check_ownership(desired: &Desired, observed: &Observed) -> Result<(), PlanError> {
-    let foreign = |kind, name: &str| Err(PlanError::Foreign { kind, name: name.to_string() });
-    for c in desired.containers.iter().map(|c| &c.name).chain(&desired.unwanted_containers) {
+    let foreign = |kind, name: &str| {
+        Err(PlanError::Foreign {
+            kind,
+            name: name.to_string(),
+        })
+    };
+    for c in desired
+        .containers
+        .iter()
+        .map(|c| &c.name)
+        .chain(&desired.unwanted_containers)
+    {
         if let Some(existing) = observed.containers.get(c) {
             if !existing.owned() {
                 return foreign(Kind::Container, c);
@@ -91,32 +101,65 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 
     let network_created = observed.network.is_none();
     steps.push(if network_created {
-        step(Kind::Network, &desired.network, Verb::Create, "missing", Change::CreateNetwork)
+        step(
+            Kind::Network,
+            &desired.network,
+            Verb::Create,
+            "missing",
+            Change::CreateNetwork,
+        )
     } else {
         keep(Kind::Network, &desired.network)
     });
     let volume_created = observed.volume.is_none();
     steps.push(if volume_created {
-        step(Kind::Volume, &desired.volume, Verb::Create, "missing", Change::CreateVolume)
+        step(
+            Kind::Volume,
+            &desired.volume,
+            Verb::Create,
+            "missing",
+            Change::CreateVolume,
+        )
     } else {
         keep(Kind::Volume, &desired.volume)
     });
 
     for spec in &desired.containers {
-        let mounts_new_volume = volume_created && spec.mounts.iter().any(|m| matches!(m, Mount::Volume { .. }));
-        steps.push(container_step(spec, observed.containers.get(&spec.name), network_created, mounts_new_volume));
+        let mounts_new_volume = volume_created
+            && spec
+                .mounts
+                .iter()
+                .any(|m| matches!(m, Mount::Volume { .. }));
+        steps.push(container_step(
+            spec,
+            observed.containers.get(&spec.name),
+            network_created,
+            mounts_new_volume,
+        ));
     }
 
     for name in &desired.unwanted_containers {
         if observed.containers.contains_key(name) {
-            steps.push(step(Kind::Container, name, Verb::Remove, "no image set for it in the settings", Change::RemoveContainer));
+            steps.push(step(
+                Kind::Container,
+                name,
+                Verb::Remove,
+                "no image set for it in the settings",
+                Change::RemoveContainer,
+            ));
         }
     }
 
     for secret in &observed.secrets {
         if secret_version_of(secret) != Some(version) {
             let reason = format!("superseded by generation v{}", version.0);
-            steps.push(step(Kind::Secret, &secret.name, Verb::Remove, &reason, Change::RemoveSecret));
+            steps.push(step(
+                Kind::Secret,
+                &secret.name,
+                Verb::Remove,
+                &reason,
+                Change::RemoveSecret,
+            ));
         }
     }
 
@@ -126,12 +169,20 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 fn config_step(desired: &Desired, observed: &Observed) -> Step {
     let path = desired.config.path.display().to_string();
     let content = &desired.config.content;
-    let write = Change::WriteConfig { content: content.clone() };
+    let write = Change::WriteConfig {
+        content: content.clone(),
+    };
     match &observed.config {
         None => step(Kind::File, &path, Verb::Create, "missing", write),
         Some(current) if current == content => keep(Kind::File, &path),
         Some(current) => {
-            let mut s = step(Kind::File, &path, Verb::Update, "content differs from the settings", write);
+            let mut s = step(
+                Kind::File,
+                &path,
+                Verb::Update,
+                "content differs from the settings",
+                write,
+            );
             s.diff = Some(unified_diff(current, content));
             s
         }
@@ -146,8 +197,12 @@ fn container_step(
 ) -> Step {
     let create = |verb, reason: &str| {
         let change = match verb {
-            Verb::Create => Change::CreateContainer { spec: Box::new(spec.clone()) },
-            _ => Change::ReplaceContainer { spec: Box::new(spec.clone()) },
+            Verb::Create => Change::CreateContainer {
+                spec: Box::new(spec.clone()),
+            },
+            _ => Change::ReplaceContainer {
+                spec: Box::new(spec.clone()),
+            },
         };
         step(Kind::Container, &spec.name, verb, reason, change)
     };
@@ -159,13 +214,22 @@ fn container_step(
         return create(Verb::Replace, &format!("{} changed", drift.join(", ")));
     }
     if network_created {
-        return create(Verb::Replace, &format!("its network {} is being created", spec.network));
+        return create(
+            Verb::Replace,
+            &format!("its network {} is being created", spec.network),
+        );
     }
     if volume_created {
         return create(Verb::Replace, "its data volume is being created");
     }
     if !current.running {
-        return step(Kind::Container, &spec.name, Verb::Start, &format!("matches but is {}", current.state), Change::StartContainer);
+        return step(
+            Kind::Container,
+            &spec.name,
+            Verb::Start,
+            &format!("matches but is {}", current.state),
+            Change::StartContainer,
+        );
     }
     keep(Kind::Container, &spec.name)
 }
@@ -176,8 +240,10 @@ fn drifted_fields(spec: &ContainerSpec, current: &ObservedContainer) -> Vec<Stri
     if current.labels.get(HASH_LABEL) == spec.labels.get(HASH_LABEL) {
         return vec![];
     }
-    let recorded: Option<BTreeMap<String, String>> =
-        current.labels.get(FIELDS_LABEL).and_then(|json| serde_json::from_str(json).ok());
+    let recorded: Option<BTreeMap<String, String>> = current
+        .labels
+        .get(FIELDS_LABEL)
+        .and_then(|json| serde_json::from_str(json).ok());
     let Some(recorded) = recorded else {
         return vec!["definition".to_string()];
     };
@@ -205,7 +271,14 @@ pub fn unified_diff(old: &str, new: &str) -> String {
 }
 
 fn step(kind: Kind, name: &str, verb: Verb, reason: &str, change: Change) -> Step {
-    Step { kind, name: name.to_string(), verb, reason: reason.to_string(), diff: None, change }
+    Step {
+        kind,
+        name: name.to_string(),
+        verb,
+        reason: reason.to_string(),
+        diff: None,
+        change,
+    }
 }
 
 fn keep(kind: Kind, name: &str) -> Step {
@@ -226,17 +299,26 @@ mod tests {
     }
 
     fn app() -> Desired {
-        desired(CONF, "services: { evi-be: { image: app }, evi-worker: { image: app } }")
+        desired(
+            CONF,
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+        )
     }
 
     /// The host exactly as `up` leaves it for `d`.
     fn converged(d: &Desired) -> Observed {
-        let owned = |name: &str| ObservedResource { name: name.to_string(), labels: owned_labels() };
+        let owned = |name: &str| ObservedResource {
+            name: name.to_string(),
+            labels: owned_labels(),
+        };
         Observed {
             config: Some(d.config.content.clone()),
             network: Some(owned(&d.network)),
             volume: Some(owned(&d.volume)),
-            secrets: vec![owned(&d.secret_version.password_name()), owned(&d.secret_version.url_name())],
+            secrets: vec![
+                owned(&d.secret_version.password_name()),
+                owned(&d.secret_version.url_name()),
+            ],
             containers: d
                 .containers
                 .iter()
@@ -253,6 +335,8 @@ mod tests {
                 .collect(),
         }
     }
+
+    type Mutate = fn(&mut Observed);
 
     fn summary(p: &Plan) -> Vec<String> {
         p.steps
@@ -289,19 +373,40 @@ mod tests {
 
     #[test]
     fn table_of_drift() {
-        type Mutate = fn(&mut Observed);
         let cases: Vec<(&str, Mutate, Vec<&str>)> = vec![
-            ("evi-be removed by hand", |o| { o.containers.remove("evi-be"); }, vec!["Create container evi-be"]),
-            ("config removed by hand", |o| o.config = None, vec!["Create file /var/lib/evi/valkey/valkey.conf"]),
-            ("evi-worker stopped", |o| o.containers.get_mut("evi-worker").unwrap().running = false, vec!["Start container evi-worker"]),
+            (
+                "evi-be removed by hand",
+                |o| {
+                    o.containers.remove("evi-be");
+                },
+                vec!["Create container evi-be"],
+            ),
+            (
+                "config removed by hand",
+                |o| o.config = None,
+                vec!["Create file /var/lib/evi/valkey/valkey.conf"],
+            ),
+            (
+                "evi-worker stopped",
+                |o| o.containers.get_mut("evi-worker").unwrap().running = false,
+                vec!["Start container evi-worker"],
+            ),
             (
                 "volume gone: evi-state must move to the new one",
                 |o| o.volume = None,
-                vec!["Create volume evi-state-data", "Replace container evi-state"],
+                vec![
+                    "Create volume evi-state-data",
+                    "Replace container evi-state",
+                ],
             ),
             (
                 "old generation left behind",
-                |o| o.secrets.push(ObservedResource { name: "evi-valkey-url-v0".into(), labels: owned_labels() }),
+                |o| {
+                    o.secrets.push(ObservedResource {
+                        name: "evi-valkey-url-v0".into(),
+                        labels: owned_labels(),
+                    })
+                },
                 vec!["Remove secret evi-valkey-url-v0"],
             ),
         ];
@@ -316,10 +421,22 @@ mod tests {
     #[test]
     fn a_config_change_replaces_evi_state_only_and_shows_a_diff() {
         let old = app();
-        let new = desired("maxmemory 512mb\n", "services: { evi-be: { image: app }, evi-worker: { image: app } }");
+        let new = desired(
+            "maxmemory 512mb\n",
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+        );
         let p = plan(&new, &converged(&old)).unwrap();
-        assert_eq!(summary(&p), ["Update file /var/lib/evi/valkey/valkey.conf", "Replace container evi-state"]);
-        assert_eq!(p.steps[0].diff.as_deref(), Some("--- current\n+++ planned\n@@ -1 +1 @@\n-maxmemory 1gb\n+maxmemory 512mb\n"));
+        assert_eq!(
+            summary(&p),
+            [
+                "Update file /var/lib/evi/valkey/valkey.conf",
+                "Replace container evi-state"
+            ]
+        );
+        assert_eq!(
+            p.steps[0].diff.as_deref(),
+            Some("--- current\n+++ planned\n@@ -1 +1 @@\n-maxmemory 1gb\n+maxmemory 512mb\n")
+        );
         let replace = p.steps.iter().find(|s| s.verb == Verb::Replace).unwrap();
         assert_eq!(replace.reason, "valkey.conf changed");
     }
@@ -327,34 +444,61 @@ mod tests {
     #[test]
     fn a_header_only_change_rewrites_the_file_without_restarting() {
         let old = app();
-        let new = desired("# new header\nmaxmemory 1gb\n", "services: { evi-be: { image: app }, evi-worker: { image: app } }");
-        assert_eq!(summary(&plan(&new, &converged(&old)).unwrap()), ["Update file /var/lib/evi/valkey/valkey.conf"]);
+        let new = desired(
+            "# new header\nmaxmemory 1gb\n",
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+        );
+        assert_eq!(
+            summary(&plan(&new, &converged(&old)).unwrap()),
+            ["Update file /var/lib/evi/valkey/valkey.conf"]
+        );
     }
 
     #[test]
     fn an_image_change_names_the_field() {
         let old = app();
-        let new = desired(CONF, "services: { evi-be: { image: app2 }, evi-worker: { image: app } }");
+        let new = desired(
+            CONF,
+            "services: { evi-be: { image: app2 }, evi-worker: { image: app } }",
+        );
         let p = plan(&new, &converged(&old)).unwrap();
         let s = p.steps.iter().find(|s| s.verb == Verb::Replace).unwrap();
-        assert_eq!((s.name.as_str(), s.reason.as_str()), ("evi-be", "image changed"));
+        assert_eq!(
+            (s.name.as_str(), s.reason.as_str()),
+            ("evi-be", "image changed")
+        );
     }
 
     #[test]
     fn a_worker_dropped_from_the_settings_is_removed() {
         let old = app();
         let new = desired(CONF, "services: { evi-be: { image: app } }");
-        assert_eq!(summary(&plan(&new, &converged(&old)).unwrap()), ["Remove container evi-worker"]);
+        assert_eq!(
+            summary(&plan(&new, &converged(&old)).unwrap()),
+            ["Remove container evi-worker"]
+        );
     }
 
     #[test]
     fn foreign_resources_stop_the_plan() {
         let d = app();
-        let cases: Vec<(fn(&mut Observed), &str)> = vec![
-            (|o| o.containers.get_mut("evi-state").unwrap().labels.clear(), "container `evi-state`"),
-            (|o| o.network.as_mut().unwrap().labels.clear(), "network `evi-net`"),
-            (|o| o.volume.as_mut().unwrap().labels.clear(), "volume `evi-state-data`"),
-            (|o| o.secrets[0].labels.clear(), "secret `evi-state-password-v1`"),
+        let cases: Vec<(Mutate, &str)> = vec![
+            (
+                |o| o.containers.get_mut("evi-state").unwrap().labels.clear(),
+                "container `evi-state`",
+            ),
+            (
+                |o| o.network.as_mut().unwrap().labels.clear(),
+                "network `evi-net`",
+            ),
+            (
+                |o| o.volume.as_mut().unwrap().labels.clear(),
+                "volume `evi-state-data`",
+            ),
+            (
+                |o| o.secrets[0].labels.clear(),
+                "secret `evi-state-password-v1`",
+            ),
         ];
         for (mutate, named) in cases {
             let mut o = converged(&d);
@@ -366,11 +510,18 @@ mod tests {
 
     #[test]
     fn secret_versions() {
-        let owned = |name: &str| ObservedResource { name: name.into(), labels: owned_labels() };
+        let owned = |name: &str| ObservedResource {
+            name: name.into(),
+            labels: owned_labels(),
+        };
         let mut o = Observed::default();
         assert_eq!(secret_version_for(&o), SecretVersion(1));
         o.secrets = vec![owned("evi-valkey-url-v4")];
-        assert_eq!(secret_version_for(&o), SecretVersion(5), "an incomplete pair is skipped");
+        assert_eq!(
+            secret_version_for(&o),
+            SecretVersion(5),
+            "an incomplete pair is skipped"
+        );
         o.secrets.push(owned("evi-state-password-v4"));
         assert_eq!(secret_version_for(&o), SecretVersion(4));
     }

@@ -41,7 +41,13 @@ fn style(verb: Verb) -> Style {
 
 /// One line per step: `  -/+ replace container evi-state  (valkey.conf changed)`.
 pub fn step_line(ui: &Ui, step: &Step) -> String {
-    let head = format!("{:>3} {:<7} {} {}", symbol(step.verb), verb_word(step.verb), step.kind.as_str(), step.name);
+    let head = format!(
+        "{:>3} {:<7} {} {}",
+        symbol(step.verb),
+        verb_word(step.verb),
+        step.kind.as_str(),
+        step.name
+    );
     format!("  {}  ({})", ui.paint(style(step.verb), &head), step.reason)
 }
 

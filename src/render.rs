@@ -96,11 +96,17 @@ mod tests {
             "protected-mode yes",
             "daemonize no",
         ] {
-            assert!(conf.lines().any(|l| l == line), "missing `{line}` in:\n{conf}");
+            assert!(
+                conf.lines().any(|l| l == line),
+                "missing `{line}` in:\n{conf}"
+            );
         }
         let effective: Vec<&str> = conf.lines().filter(|l| !l.starts_with('#')).collect();
         for word in ["requirepass", "masterauth", "user ", "aclfile"] {
-            assert!(!effective.iter().any(|l| l.contains(word)), "{word} must not be in the config");
+            assert!(
+                !effective.iter().any(|l| l.contains(word)),
+                "{word} must not be in the config"
+            );
         }
     }
 

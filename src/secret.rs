@@ -66,7 +66,10 @@ impl Drop for Password {
 /// Remembers a secret value so `redact` can hide it.
 pub fn register(secret: &str) {
     if !secret.is_empty() {
-        KNOWN_SECRETS.lock().unwrap_or_else(|e| e.into_inner()).push(secret.to_string());
+        KNOWN_SECRETS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(secret.to_string());
     }
 }
 
@@ -74,7 +77,11 @@ pub fn register(secret: &str) {
 /// with `<redacted>`.
 pub fn redact(text: &str) -> String {
     let mut out = text.to_string();
-    for secret in KNOWN_SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for secret in KNOWN_SECRETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
         out = out.replace(secret.as_str(), "<redacted>");
     }
     if out.contains("requirepass ") {
@@ -108,9 +115,15 @@ mod tests {
     fn debug_and_redact_hide_the_password() {
         let p = Password::generate().unwrap();
         assert_eq!(format!("{p:?}"), "Password(<redacted>)");
-        let text = format!("url {} and requirepass xyz\nnext", p.valkey_url("evi-state"));
+        let text = format!(
+            "url {} and requirepass xyz\nnext",
+            p.valkey_url("evi-state")
+        );
         let clean = redact(&text);
         assert!(!clean.contains(p.expose()));
-        assert_eq!(clean, "url redis://:<redacted>@evi-state:6379 and requirepass <redacted>\nnext");
+        assert_eq!(
+            clean,
+            "url redis://:<redacted>@evi-state:6379 and requirepass <redacted>\nnext"
+        );
     }
 }

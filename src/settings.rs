@@ -161,7 +161,12 @@ impl fmt::Display for SettingsError {
 impl std::error::Error for SettingsError {}
 
 impl SettingsError {
-    fn new(origin: &str, key: Option<&str>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn new(
+        origin: &str,
+        key: Option<&str>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         SettingsError {
             origin: origin.to_string(),
             line: None,
@@ -210,7 +215,9 @@ fn read_settings_file(path: &Path, explicit: bool) -> Result<String, SettingsErr
     let bytes = std::fs::read(path).map_err(|e| {
         let problem = match e.kind() {
             std::io::ErrorKind::NotFound => "settings file not found".to_string(),
-            std::io::ErrorKind::PermissionDenied => "settings file not readable (permission denied)".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "settings file not readable (permission denied)".to_string()
+            }
             _ if path.is_dir() => "settings file is a directory".to_string(),
             _ => format!("cannot read settings file: {}", io_reason(&e)),
         };
@@ -220,7 +227,10 @@ fn read_settings_file(path: &Path, explicit: bool) -> Result<String, SettingsErr
         SettingsError::new(
             &origin,
             None,
-            format!("settings file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "settings file is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
             "save it as UTF-8 text",
         )
     })
@@ -237,19 +247,27 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 /// Resolves settings from the embedded defaults, an optional settings file
 /// (`(path, contents)`) and an optional state directory override. Pure.
-pub fn from_yaml(file: Option<(&Path, &str)>, state_dir: Option<&Path>) -> Result<Settings, SettingsError> {
+pub fn from_yaml(
+    file: Option<(&Path, &str)>,
+    state_dir: Option<&Path>,
+) -> Result<Settings, SettingsError> {
     let defaults = parse_layer("built-in defaults", DEFAULTS_YAML)?;
     let layer = match file {
         Some((path, text)) => parse_layer(&path.display().to_string(), text)?,
         None => Layer::default(),
     };
-    let origin = file.map_or("built-in defaults".to_string(), |(p, _)| p.display().to_string());
+    let origin = file.map_or("built-in defaults".to_string(), |(p, _)| {
+        p.display().to_string()
+    });
     resolve(defaults, layer, state_dir, &origin)
 }
 
 fn parse_layer(origin: &str, text: &str) -> Result<Layer, SettingsError> {
     // An empty file (or one with only comments) is a valid, empty layer.
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(Layer::default());
     }
     serde_yaml::from_str(text).map_err(|e| yaml_error(origin, &e))
@@ -269,7 +287,12 @@ fn yaml_error(origin: &str, err: &serde_yaml::Error) -> SettingsError {
         Some((path, rest)) if is_key_path(path) => (Some(path.to_string()), rest.to_string()),
         _ => (None, text.clone()),
     };
-    let mut error = SettingsError::new(origin, path.as_deref(), message.clone(), "fix this value in the settings file");
+    let mut error = SettingsError::new(
+        origin,
+        path.as_deref(),
+        message.clone(),
+        "fix this value in the settings file",
+    );
     error.line = line;
 
     if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -317,7 +340,11 @@ fn is_key_path(text: &str) -> bool {
 
 /// All `backticked` words in a serde "expected ..." message.
 fn backticked(text: &str) -> Vec<String> {
-    text.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.
@@ -345,16 +372,31 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn resolve(defaults: Layer, file: Layer, state_dir: Option<&Path>, origin: &str) -> Result<Settings, SettingsError> {
+fn resolve(
+    defaults: Layer,
+    file: Layer,
+    state_dir: Option<&Path>,
+    origin: &str,
+) -> Result<Settings, SettingsError> {
     let d_services = defaults.services.unwrap_or_default();
     let f_services = file.services.unwrap_or_default();
     let d_valkey = defaults.valkey.unwrap_or_default();
     let f_valkey = file.valkey.unwrap_or_default();
 
-    let missing_default = |key: &str| SettingsError::new("built-in defaults", Some(key), "missing", "this is a bug in evi-install");
+    let missing_default = |key: &str| {
+        SettingsError::new(
+            "built-in defaults",
+            Some(key),
+            "missing",
+            "this is a bug in evi-install",
+        )
+    };
     macro_rules! pick {
         ($field:ident, $key:literal) => {
-            f_valkey.$field.or(d_valkey.$field).ok_or_else(|| missing_default($key))?
+            f_valkey
+                .$field
+                .or(d_valkey.$field)
+                .ok_or_else(|| missing_default($key))?
         };
     }
     let valkey = Valkey {
@@ -362,11 +404,20 @@ fn resolve(defaults: Layer, file: Layer, state_dir: Option<&Path>, origin: &str)
         maxmemory_policy: pick!(maxmemory_policy, "valkey.maxmemory_policy"),
         appendonly: pick!(appendonly, "valkey.appendonly"),
         appendfsync: pick!(appendfsync, "valkey.appendfsync"),
-        auto_aof_rewrite_percentage: pick!(auto_aof_rewrite_percentage, "valkey.auto_aof_rewrite_percentage"),
-        auto_aof_rewrite_min_size: pick!(auto_aof_rewrite_min_size, "valkey.auto_aof_rewrite_min_size"),
+        auto_aof_rewrite_percentage: pick!(
+            auto_aof_rewrite_percentage,
+            "valkey.auto_aof_rewrite_percentage"
+        ),
+        auto_aof_rewrite_min_size: pick!(
+            auto_aof_rewrite_min_size,
+            "valkey.auto_aof_rewrite_min_size"
+        ),
     };
 
-    let service = |name: &str, d: Option<ServiceLayer>, f: Option<ServiceLayer>| -> Result<Option<Service>, SettingsError> {
+    let service = |name: &str,
+                   d: Option<ServiceLayer>,
+                   f: Option<ServiceLayer>|
+     -> Result<Option<Service>, SettingsError> {
         let d = d.unwrap_or_default();
         let f = f.unwrap_or_default();
         let command = f.command.or(d.command).unwrap_or_default();
@@ -384,14 +435,18 @@ fn resolve(defaults: Layer, file: Layer, state_dir: Option<&Path>, origin: &str)
             None => Ok(None),
         }
     };
-    let evi_state = service("evi-state", d_services.evi_state, f_services.evi_state)?.ok_or_else(|| missing_default("services.evi-state.image"))?;
+    let evi_state = service("evi-state", d_services.evi_state, f_services.evi_state)?
+        .ok_or_else(|| missing_default("services.evi-state.image"))?;
     let services = Services {
         evi_state,
         evi_be: service("evi-be", d_services.evi_be, f_services.evi_be)?,
         evi_worker: service("evi-worker", d_services.evi_worker, f_services.evi_worker)?,
     };
 
-    let network = file.network.or(defaults.network).ok_or_else(|| missing_default("network"))?;
+    let network = file
+        .network
+        .or(defaults.network)
+        .ok_or_else(|| missing_default("network"))?;
     if !is_podman_name(&network) {
         return Err(SettingsError::new(
             origin,
@@ -414,7 +469,13 @@ fn resolve(defaults: Layer, file: Layer, state_dir: Option<&Path>, origin: &str)
         ));
     }
 
-    let settings = Settings { state_dir, network, services, valkey, source: None };
+    let settings = Settings {
+        state_dir,
+        network,
+        services,
+        valkey,
+        source: None,
+    };
     validate_valkey(&settings.valkey, origin)?;
     Ok(settings)
 }
@@ -437,11 +498,17 @@ fn validate_valkey(valkey: &Valkey, origin: &str) -> Result<(), SettingsError> {
 pub fn check_fits_host(settings: &Settings, host_memory: u64) -> Result<(), SettingsError> {
     let max = settings.valkey.maxmemory;
     if max.bytes() > host_memory {
-        let origin = settings.source.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
+        let origin = settings
+            .source
+            .as_ref()
+            .map_or("built-in defaults".to_string(), |p| p.display().to_string());
         return Err(SettingsError::new(
             &origin,
             Some("valkey.maxmemory"),
-            format!("{max} is more than this host's memory ({})", ByteSize(host_memory)),
+            format!(
+                "{max} is more than this host's memory ({})",
+                ByteSize(host_memory)
+            ),
             "set a limit below the host's memory",
         ));
     }
@@ -484,7 +551,10 @@ impl Settings {
     /// The evi-be service, or an error saying how to set it: `up` needs it.
     pub fn require_backend(&self) -> Result<&Service, SettingsError> {
         self.services.evi_be.as_ref().ok_or_else(|| {
-            let origin = self.source.as_ref().map_or("settings".to_string(), |p| p.display().to_string());
+            let origin = self
+                .source
+                .as_ref()
+                .map_or("no settings file".to_string(), |p| p.display().to_string());
             SettingsError::new(
                 &origin,
                 Some("services.evi-be.image"),
@@ -524,23 +594,46 @@ mod tests {
         let s = parse(yaml).unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/srv/evi"));
         assert_eq!(s.valkey.maxmemory, ByteSize(512 << 20));
-        assert_eq!(s.valkey.maxmemory_policy, EvictionPolicy::VolatileLru, "untouched keys keep defaults");
-        assert_eq!(s.services.evi_be, Some(Service { image: "app:1".into(), command: vec!["run".into()] }));
-        let s = from_yaml(Some((Path::new("evi.yaml"), yaml)), Some(Path::new("/flag"))).unwrap();
+        assert_eq!(
+            s.valkey.maxmemory_policy,
+            EvictionPolicy::VolatileLru,
+            "untouched keys keep defaults"
+        );
+        assert_eq!(
+            s.services.evi_be,
+            Some(Service {
+                image: "app:1".into(),
+                command: vec!["run".into()]
+            })
+        );
+        let s = from_yaml(
+            Some((Path::new("evi.yaml"), yaml)),
+            Some(Path::new("/flag")),
+        )
+        .unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/flag"));
     }
 
     #[test]
     fn empty_and_comment_only_files_are_valid() {
         assert_eq!(parse("").unwrap(), from_yaml(None, None).unwrap());
-        assert_eq!(parse("# nothing\n\n").unwrap(), from_yaml(None, None).unwrap());
+        assert_eq!(
+            parse("# nothing\n\n").unwrap(),
+            from_yaml(None, None).unwrap()
+        );
     }
 
     #[test]
     fn all_eight_policies_parse() {
         for p in [
-            "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
-            "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
+            "noeviction",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
         ] {
             let s = parse(&format!("valkey: {{ maxmemory_policy: {p} }}")).unwrap();
             assert_eq!(s.valkey.maxmemory_policy.to_string(), p);
@@ -558,17 +651,35 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_line() {
         let e = parse("valkey:\n  appendonly: maybe\n").unwrap_err();
-        assert_eq!(e.to_string().split(':').take(2).collect::<Vec<_>>(), ["evi.yaml", "2"]);
+        assert_eq!(
+            e.to_string().split(':').take(2).collect::<Vec<_>>(),
+            ["evi.yaml", "2"]
+        );
         assert_eq!(e.key.as_deref(), Some("valkey.appendonly"));
     }
 
     #[test]
     fn semantic_checks() {
-        assert_eq!(parse("valkey: { maxmemory: 0 }").unwrap_err().key.as_deref(), Some("valkey.maxmemory"));
-        assert_eq!(parse("network: 'bad name'").unwrap_err().key.as_deref(), Some("network"));
-        assert_eq!(parse("state_dir: relative/dir").unwrap_err().key.as_deref(), Some("state_dir"));
         assert_eq!(
-            parse("services: { evi-be: { command: [x] } }").unwrap_err().key.as_deref(),
+            parse("valkey: { maxmemory: 0 }")
+                .unwrap_err()
+                .key
+                .as_deref(),
+            Some("valkey.maxmemory")
+        );
+        assert_eq!(
+            parse("network: 'bad name'").unwrap_err().key.as_deref(),
+            Some("network")
+        );
+        assert_eq!(
+            parse("state_dir: relative/dir").unwrap_err().key.as_deref(),
+            Some("state_dir")
+        );
+        assert_eq!(
+            parse("services: { evi-be: { command: [x] } }")
+                .unwrap_err()
+                .key
+                .as_deref(),
             Some("services.evi-be.command")
         );
         let s = parse("valkey: { maxmemory: 2gb }").unwrap();

@@ -24,7 +24,8 @@ const UNITS: [(&str, u64); 6] = [
 ];
 
 /// What a valid size looks like, for error messages.
-pub const SIZE_HELP: &str = "a whole number of bytes or one with a unit (k, kb, m, mb, g, gb), e.g. `512mb`";
+pub const SIZE_HELP: &str =
+    "a whole number of bytes or one with a unit (k, kb, m, mb, g, gb), e.g. `512mb`";
 
 impl ByteSize {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -115,7 +116,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for text in ["", "gb", "1tb", "1.5gb", "-1", "1 gb", "ten", "99999999999999999999gb"] {
+        for text in [
+            "",
+            "gb",
+            "1tb",
+            "1.5gb",
+            "-1",
+            "1 gb",
+            "ten",
+            "99999999999999999999gb",
+        ] {
             assert!(ByteSize::parse(text).is_err(), "{text} should be rejected");
         }
     }
@@ -132,7 +142,10 @@ mod tests {
     #[test]
     fn display_round_trips() {
         for bytes in [0, 1, 1000, 1024, 1 << 30, 3 << 20, 1_000_000_000] {
-            assert_eq!(ByteSize::parse(&ByteSize(bytes).to_string()), Ok(ByteSize(bytes)));
+            assert_eq!(
+                ByteSize::parse(&ByteSize(bytes).to_string()),
+                Ok(ByteSize(bytes))
+            );
         }
     }
 }

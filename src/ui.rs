@@ -24,7 +24,11 @@ impl Ui {
     pub fn new(quiet: bool, verbose: u8) -> Ui {
         let tty = std::io::stdout().is_terminal();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Ui { quiet, verbose, color: tty && !no_color }
+        Ui {
+            quiet,
+            verbose,
+            color: tty && !no_color,
+        }
     }
 
     /// Wraps `text` in an ANSI style when colour is on.
@@ -54,7 +58,10 @@ impl Ui {
     }
 
     pub fn warn(&self, text: &str) {
-        eprintln!("{}", redact(&format!("{} {text}", self.paint(Style::Yellow, "warning:"))));
+        eprintln!(
+            "{}",
+            redact(&format!("{} {text}", self.paint(Style::Yellow, "warning:")))
+        );
     }
 }
 
@@ -67,7 +74,12 @@ fn print_out(text: &str) {
 
 /// Prints an error the one way every error is printed.
 pub fn print_error(message: &str) {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let label = if color { "\x1b[31merror:\x1b[0m" } else { "error:" };
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let label = if color {
+        "\x1b[31merror:\x1b[0m"
+    } else {
+        "error:"
+    };
     eprintln!("{label} {}", redact(message));
 }

@@ -12,11 +12,16 @@ use crate::ui::Ui;
 /// Runs the command and returns its exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     let ui = Ui::new(cli.quiet, cli.verbose);
-    let overrides = Overrides { config: cli.config.clone(), state_dir: cli.state_dir.clone() };
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        state_dir: cli.state_dir.clone(),
+    };
     let settings = load_settings(&overrides, &ui)?;
     match cli.command {
         Command::Render(args) => render::run(&settings, &args, &ui),
-        Command::Up(args) => runtime()?.block_on(up::run(&settings, cli.podman_url.as_deref(), &args, &ui)),
+        Command::Up(args) => {
+            runtime()?.block_on(up::run(&settings, cli.podman_url.as_deref(), &args, &ui))
+        }
     }
 }
 
@@ -45,5 +50,7 @@ fn warn_if_world_writable(path: &std::path::Path, ui: &Ui) {
 /// A single-threaded runtime: evi-install waits on a handful of requests at a
 /// time, and one thread keeps start-up and memory small.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

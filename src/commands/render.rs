@@ -29,7 +29,10 @@ pub fn run(settings: &Settings, args: &RenderArgs, ui: &Ui) -> Result<u8> {
             Ok(exit::ERROR)
         }
         None => {
-            ui.result(&format!("{} does not exist; run `evi-install up` to install it.", path.display()));
+            ui.result(&format!(
+                "{} does not exist; run `evi-install up` to install it.",
+                path.display()
+            ));
             Ok(exit::ERROR)
         }
     }

@@ -24,7 +24,12 @@ use crate::render::{hex, valkey_conf};
 use crate::settings::{check_fits_host, io_reason, Settings};
 use crate::ui::Ui;
 
-pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, ui: &Ui) -> Result<u8> {
+pub async fn run(
+    settings: &Settings,
+    podman_url: Option<&str>,
+    args: &UpArgs,
+    ui: &Ui,
+) -> Result<u8> {
     settings.require_backend()?;
     if let Some(total) = host_memory() {
         check_fits_host(settings, total)?;
@@ -37,7 +42,9 @@ pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, u
         Ok(engine) => Some(engine),
         Err(e) if args.dry_run => {
             ui.warn(&format!("{e:#}"));
-            ui.warn("planning against an empty host: the plan below shows what a fresh host would get");
+            ui.warn(
+                "planning against an empty host: the plan below shows what a fresh host would get",
+            );
             None
         }
         Err(e) => return Err(e),
@@ -45,17 +52,26 @@ pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, u
 
     let observed = match &engine {
         Some(engine) => observe(engine, settings).await?,
-        None => Observed { config: read_optional(&settings.config_path())?, ..Observed::default() },
+        None => Observed {
+            config: read_optional(&settings.config_path())?,
+            ..Observed::default()
+        },
     };
     let version = secret_version_for(&observed);
     let wanted = desired::build(settings, &conf, version);
     let the_plan = plan(&wanted, &observed)?;
-    let document = PlanDocument::new(the_plan, settings_fingerprint(settings, &conf), host_fingerprint(&observed));
+    let document = PlanDocument::new(
+        the_plan,
+        settings_fingerprint(settings, &conf),
+        host_fingerprint(&observed),
+    );
 
     if args.dry_run {
         return show_plan(&document, args, ui);
     }
-    let Some(engine) = engine else { unreachable!("connect errors return early unless --dry-run") };
+    let Some(engine) = engine else {
+        unreachable!("connect errors return early unless --dry-run")
+    };
 
     let to_apply = match &args.plan {
         Some(path) => load_saved_plan(path, &document)?,
@@ -69,12 +85,17 @@ pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, u
     ui.info("");
 
     let started = Instant::now();
-    let opts = apply::Options { ready_timeout: Duration::from_secs(args.ready_timeout) };
+    let opts = apply::Options {
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+    };
     let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
 
     // Look again: what was applied must now plan to nothing.
     let after = observe(&engine, settings).await?;
-    let check = plan(&desired::build(settings, &conf, secret_version_for(&after)), &after)?;
+    let check = plan(
+        &desired::build(settings, &conf, secret_version_for(&after)),
+        &after,
+    )?;
     if check.has_changes() {
         bail!(
             "the host still differs from the settings after apply ({}); run `evi-install up --dry-run` to see what",
@@ -82,12 +103,18 @@ pub async fn run(settings: &Settings, podman_url: Option<&str>, args: &UpArgs, u
         );
     }
     ui.result(&report.summary(started.elapsed()));
-    Ok(if args.detailed_exitcode { exit::CHANGES } else { exit::OK })
+    Ok(if args.detailed_exitcode {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
 }
 
 async fn observe<E: Engine>(engine: &E, settings: &Settings) -> Result<Observed> {
     let names = [STATE_CONTAINER, BACKEND_CONTAINER, WORKER_CONTAINER];
-    let mut observed = engine.observe(&settings.network, DATA_VOLUME, &names).await?;
+    let mut observed = engine
+        .observe(&settings.network, DATA_VOLUME, &names)
+        .await?;
     observed.config = read_optional(&settings.config_path())?;
     Ok(observed)
 }
@@ -99,19 +126,41 @@ fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {
     }
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(document)? + "\n";
-        std::fs::write(path, json)
-            .map_err(|e| anyhow!("cannot write the plan to {}: {}", path.display(), io_reason(&e)))?;
-        ui.info(&format!("Saved the plan to {}. Apply it with `evi-install up --plan {}`.", path.display(), path.display()));
+        std::fs::write(path, json).map_err(|e| {
+            anyhow!(
+                "cannot write the plan to {}: {}",
+                path.display(),
+                io_reason(&e)
+            )
+        })?;
+        ui.info(&format!(
+            "Saved the plan to {}. Apply it with `evi-install up --plan {}`.",
+            path.display(),
+            path.display()
+        ));
     }
-    Ok(if args.detailed_exitcode && document.plan.has_changes() { exit::CHANGES } else { exit::OK })
+    Ok(if args.detailed_exitcode && document.plan.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
 }
 
 /// Reads a saved plan and checks it still fits: same settings, same host.
 fn load_saved_plan(path: &Path, current: &PlanDocument) -> Result<PlanDocument> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow!("cannot read the saved plan {}: {}", path.display(), io_reason(&e)))?;
-    let saved: PlanDocument = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a plan saved by `evi-install up --dry-run --out`", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow!(
+            "cannot read the saved plan {}: {}",
+            path.display(),
+            io_reason(&e)
+        )
+    })?;
+    let saved: PlanDocument = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a plan saved by `evi-install up --dry-run --out`",
+            path.display()
+        )
+    })?;
     if saved.format_version != plan_view::FORMAT_VERSION {
         bail!(
             "the saved plan {} has format version {}, this evi-install reads {}; make a new plan with `up --dry-run --out`",
@@ -145,7 +194,9 @@ fn settings_fingerprint(settings: &Settings, conf: &str) -> String {
 }
 
 fn host_fingerprint(observed: &Observed) -> String {
-    hex(&Sha256::digest(serde_json::to_vec(observed).unwrap_or_default()))
+    hex(&Sha256::digest(
+        serde_json::to_vec(observed).unwrap_or_default(),
+    ))
 }
 
 /// The state directory must be a directory we can write, or creatable.
@@ -154,7 +205,10 @@ fn check_state_dir(dir: &Path) -> Result<()> {
         bail!("state directory {} is a file, not a directory; remove it or choose another with --state-dir", dir.display());
     }
     // The nearest existing ancestor decides whether we can create or write it.
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if !writable(existing) {
         bail!(
             "state directory {} is not writable ({} is not writable by this user); run as root or choose another with --state-dir",
@@ -167,7 +221,9 @@ fn check_state_dir(dir: &Path) -> Result<()> {
 
 fn writable(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: a valid NUL-terminated path; access() only reads it.
     unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
 }

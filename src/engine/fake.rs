@@ -36,14 +36,25 @@ impl FakeEngine {
 }
 
 impl Engine for FakeEngine {
-    async fn observe(&self, _network: &str, _volume: &str, _containers: &[&str]) -> Result<Observed> {
+    async fn observe(
+        &self,
+        _network: &str,
+        _volume: &str,
+        _containers: &[&str],
+    ) -> Result<Observed> {
         Ok(self.host.lock().unwrap().clone())
     }
 
     async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()> {
         self.record(format!("create secret {name}"))?;
-        self.secret_values.lock().unwrap().push((name.to_string(), value.to_string()));
-        let secret = ObservedResource { name: name.to_string(), labels: labels.clone() };
+        self.secret_values
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+        let secret = ObservedResource {
+            name: name.to_string(),
+            labels: labels.clone(),
+        };
         self.host.lock().unwrap().secrets.push(secret);
         Ok(())
     }
@@ -56,13 +67,19 @@ impl Engine for FakeEngine {
 
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
         self.record(format!("create network {name}"))?;
-        self.host.lock().unwrap().network = Some(ObservedResource { name: name.to_string(), labels: labels.clone() });
+        self.host.lock().unwrap().network = Some(ObservedResource {
+            name: name.to_string(),
+            labels: labels.clone(),
+        });
         Ok(())
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
         self.record(format!("create volume {name}"))?;
-        self.host.lock().unwrap().volume = Some(ObservedResource { name: name.to_string(), labels: labels.clone() });
+        self.host.lock().unwrap().volume = Some(ObservedResource {
+            name: name.to_string(),
+            labels: labels.clone(),
+        });
         Ok(())
     }
 
@@ -75,7 +92,11 @@ impl Engine for FakeEngine {
             running: false,
             state: "created".into(),
         };
-        self.host.lock().unwrap().containers.insert(spec.name.clone(), c);
+        self.host
+            .lock()
+            .unwrap()
+            .containers
+            .insert(spec.name.clone(), c);
         Ok(())
     }
 
@@ -95,12 +116,27 @@ impl Engine for FakeEngine {
     }
 
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
-        Ok(self.host.lock().unwrap().containers.get(name).map(|c| (c.state.clone(), 0)))
+        Ok(self
+            .host
+            .lock()
+            .unwrap()
+            .containers
+            .get(name)
+            .map(|c| (c.state.clone(), 0)))
     }
 
-    async fn exec(&self, container: &str, command: &[&str], _env: &[(&str, &str)]) -> Result<ExecOutput> {
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[&str],
+        _env: &[(&str, &str)],
+    ) -> Result<ExecOutput> {
         self.record(format!("exec {container} {}", command.join(" ")))?;
-        Ok(ExecOutput { exit_code: 0, stdout: "PONG\n".into(), stderr: String::new() })
+        Ok(ExecOutput {
+            exit_code: 0,
+            stdout: "PONG\n".into(),
+            stderr: String::new(),
+        })
     }
 
     async fn logs(&self, container: &str, _lines: usize) -> Result<String> {

@@ -39,7 +39,12 @@ pub trait Engine {
     /// Podman's state word for a container (`running`, `exited`, ...) and its exit code.
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>>;
     /// Runs a command in a running container, with extra environment.
-    async fn exec(&self, container: &str, command: &[&str], env: &[(&str, &str)]) -> Result<ExecOutput>;
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ExecOutput>;
     /// The last `lines` lines of a container's log (stdout and stderr).
     async fn logs(&self, container: &str, lines: usize) -> Result<String>;
     /// Whether the image is in local storage.
@@ -68,6 +73,10 @@ pub async fn create_secret_pair<E: Engine>(
         )
         .await?;
     engine
-        .create_secret(&version.password_name(), &secret_labels(version, SecretRole::Password), password.expose())
+        .create_secret(
+            &version.password_name(),
+            &secret_labels(version, SecretRole::Password),
+            password.expose(),
+        )
         .await
 }

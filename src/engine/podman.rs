@@ -16,8 +16,8 @@ use containers_api::conn::{self, hyper, Headers, Payload, RequestClient, Transpo
 use futures_util::StreamExt;
 use podman_api::conn::TtyChunk;
 use podman_api::opts::{
-    ContainerCreateOpts, ContainerDeleteOpts, ContainerListOpts, ContainerLogsOpts, ContainerRestartPolicy,
-    ExecCreateOpts, NetworkCreateOpts, VolumeCreateOpts,
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListOpts, ContainerLogsOpts,
+    ContainerRestartPolicy, ExecCreateOpts, NetworkCreateOpts, VolumeCreateOpts,
 };
 use podman_api::{models, Podman};
 
@@ -49,7 +49,9 @@ pub fn resolve_url(explicit: Option<&str>) -> String {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) => format!("unix://{}/podman/podman.sock", PathBuf::from(dir).display()),
-        None => format!("unix:///run/user/{}/podman/podman.sock", unsafe { libc::geteuid() }),
+        None => format!("unix:///run/user/{}/podman/podman.sock", unsafe {
+            libc::geteuid()
+        }),
     }
 }
 
@@ -64,7 +66,11 @@ impl PodmanEngine {
         let podman = Podman::new_versioned(url, API_VERSION_PARTS)
             .map_err(|e| anyhow!("invalid Podman URL `{url}`: {e}; use unix:///path/to/podman.sock or tcp://host:port"))?;
         let raw = raw_client(url)?;
-        let engine = PodmanEngine { podman, raw, url: url.to_string() };
+        let engine = PodmanEngine {
+            podman,
+            raw,
+            url: url.to_string(),
+        };
         engine.ping().await?;
         Ok(engine)
     }
@@ -73,12 +79,19 @@ impl PodmanEngine {
         let url = &self.url;
         if let Some(path) = url.strip_prefix("unix://") {
             if !std::path::Path::new(path).exists() {
-                bail!("no Podman service at {url} (the socket does not exist); {START_SERVICE_HINT}");
+                bail!(
+                    "no Podman service at {url} (the socket does not exist); {START_SERVICE_HINT}"
+                );
             }
         }
         let ping = tokio::time::timeout(CONNECT_TIMEOUT, self.podman.ping())
             .await
-            .map_err(|_| anyhow!("the Podman service at {url} did not answer within {}s; {START_SERVICE_HINT}", CONNECT_TIMEOUT.as_secs()))?;
+            .map_err(|_| {
+                anyhow!(
+                    "the Podman service at {url} did not answer within {}s; {START_SERVICE_HINT}",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })?;
         match ping {
             Ok(info) if !info.libpod_api_version.is_empty() => Ok(()),
             Ok(_) => bail!("{url} answered, but not as a Podman (libpod) API service; point --podman-url at Podman's socket"),
@@ -101,7 +114,9 @@ impl PodmanEngine {
             .map_err(|e| fault("list containers", e))?;
         let mut found = HashMap::new();
         for c in list {
-            let Some(name) = c.names.as_ref().and_then(|n| n.first()).cloned() else { continue };
+            let Some(name) = c.names.as_ref().and_then(|n| n.first()).cloned() else {
+                continue;
+            };
             if !names.contains(&name.as_str()) {
                 continue;
             }
@@ -143,19 +158,39 @@ impl PodmanEngine {
     }
 
     async fn secrets(&self) -> Result<Vec<ObservedResource>> {
-        let list = self.podman.secrets().list().await.map_err(|e| fault("list secrets", e))?;
+        let list = self
+            .podman
+            .secrets()
+            .list()
+            .await
+            .map_err(|e| fault("list secrets", e))?;
         let mut names: Vec<String> = list
             .into_iter()
             .filter_map(|s| s.spec.and_then(|spec| spec.name))
-            .filter(|name| secret_version_of(&ObservedResource { name: name.clone(), ..Default::default() }).is_some())
+            .filter(|name| {
+                secret_version_of(&ObservedResource {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .is_some()
+            })
             .collect();
         names.sort();
         // Podman 4.3 leaves labels out of the secret list, so each of ours
         // (normally two) is inspected, concurrently.
         let inspections = names.iter().map(|name| async move {
-            let info = self.podman.secrets().get(name).inspect().await.map_err(|e| fault(&format!("inspect secret {name}"), e))?;
+            let info = self
+                .podman
+                .secrets()
+                .get(name)
+                .inspect()
+                .await
+                .map_err(|e| fault(&format!("inspect secret {name}"), e))?;
             let labels = info.spec.and_then(|spec| spec.labels).unwrap_or_default();
-            Ok::<_, anyhow::Error>(ObservedResource { name: name.clone(), labels: labels.into_iter().collect() })
+            Ok::<_, anyhow::Error>(ObservedResource {
+                name: name.clone(),
+                labels: labels.into_iter().collect(),
+            })
         });
         futures_util::future::try_join_all(inspections).await
     }
@@ -163,11 +198,19 @@ impl PodmanEngine {
 
 impl Engine for PodmanEngine {
     async fn image_exists(&self, image: &str) -> Result<bool> {
-        self.podman.images().get(image).exists().await.map_err(|e| fault(&format!("look up image {image}"), e))
+        self.podman
+            .images()
+            .get(image)
+            .exists()
+            .await
+            .map_err(|e| fault(&format!("look up image {image}"), e))
     }
 
     async fn pull_image(&self, image: &str) -> Result<()> {
-        let opts = podman_api::opts::PullOpts::builder().reference(image).quiet(true).build();
+        let opts = podman_api::opts::PullOpts::builder()
+            .reference(image)
+            .quiet(true)
+            .build();
         let images = self.podman.images();
         let mut stream = images.pull(&opts);
         while let Some(report) = stream.next().await {
@@ -188,7 +231,13 @@ impl Engine for PodmanEngine {
             self.volume(volume),
             self.secrets(),
         )?;
-        Ok(Observed { config: None, network, volume, secrets, containers: containers.into_iter().collect() })
+        Ok(Observed {
+            config: None,
+            network,
+            volume,
+            secrets,
+            containers: containers.into_iter().collect(),
+        })
     }
 
     async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()> {
@@ -211,7 +260,11 @@ impl Engine for PodmanEngine {
     }
 
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
-        let opts = NetworkCreateOpts::builder().name(name).dns_enabled(true).labels(labels.clone()).build();
+        let opts = NetworkCreateOpts::builder()
+            .name(name)
+            .dns_enabled(true)
+            .labels(labels.clone())
+            .build();
         self.podman
             .networks()
             .create(&opts)
@@ -221,7 +274,10 @@ impl Engine for PodmanEngine {
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
-        let opts = VolumeCreateOpts::builder().name(name).labels(labels.clone()).build();
+        let opts = VolumeCreateOpts::builder()
+            .name(name)
+            .labels(labels.clone())
+            .build();
         self.podman
             .volumes()
             .create(&opts)
@@ -263,11 +319,19 @@ impl Engine for PodmanEngine {
         let mut volumes = Vec::new();
         for m in &spec.mounts {
             match m {
-                Mount::Bind { source, target, read_only } => mounts.push(podman_api::models::ContainerMount {
+                Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => mounts.push(podman_api::models::ContainerMount {
                     destination: Some(target.clone()),
                     source: Some(source.display().to_string()),
                     _type: Some("bind".to_string()),
-                    options: Some(if *read_only { vec!["ro".into(), "rbind".into()] } else { vec!["rbind".into()] }),
+                    options: Some(if *read_only {
+                        vec!["ro".into(), "rbind".into()]
+                    } else {
+                        vec!["rbind".into()]
+                    }),
                     uid_mappings: None,
                     gid_mappings: None,
                 }),
@@ -284,7 +348,11 @@ impl Engine for PodmanEngine {
         let mut env_secrets = Vec::new();
         for s in &spec.secrets {
             match s {
-                SecretUse::File { secret, target, mode } => file_secrets.push(models::Secret {
+                SecretUse::File {
+                    secret,
+                    target,
+                    mode,
+                } => file_secrets.push(models::Secret {
                     source: Some(secret.clone()),
                     target: Some(target.clone()),
                     uid: None,
@@ -320,7 +388,10 @@ impl Engine for PodmanEngine {
 
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         let container = self.podman.containers().get(name);
-        let opts = ContainerDeleteOpts::builder().force(true).timeout(timeout as usize).build();
+        let opts = ContainerDeleteOpts::builder()
+            .force(true)
+            .timeout(timeout as usize)
+            .build();
         match container.delete(&opts).await {
             Err(e) if !is_not_found(&e) => Err(fault(&format!("remove container {name}"), e)),
             _ => Ok(()),
@@ -330,8 +401,16 @@ impl Engine for PodmanEngine {
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
         match self.podman.containers().get(name).inspect().await {
             Ok(c) => {
-                let status = c.state.as_ref().and_then(|s| s.status.clone()).unwrap_or_default();
-                let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or_default();
+                let status = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.status.clone())
+                    .unwrap_or_default();
+                let code = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.exit_code)
+                    .unwrap_or_default();
                 Ok(Some((status, i64::from(code))))
             }
             Err(e) if is_not_found(&e) => Ok(None),
@@ -339,8 +418,18 @@ impl Engine for PodmanEngine {
         }
     }
 
-    async fn exec(&self, container: &str, command: &[&str], env: &[(&str, &str)]) -> Result<ExecOutput> {
-        let what = || format!("run `{}` in {container}", command.first().copied().unwrap_or_default());
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ExecOutput> {
+        let what = || {
+            format!(
+                "run `{}` in {container}",
+                command.first().copied().unwrap_or_default()
+            )
+        };
         let opts = ExecCreateOpts::builder()
             .command(command)
             .env(env.iter().copied())
@@ -355,7 +444,11 @@ impl Engine for PodmanEngine {
             .await
             .map_err(|e| fault(&what(), e))?;
         let mut output = ExecOutput::default();
-        if let Some(mut stream) = exec.start(&Default::default()).await.map_err(|e| fault(&what(), e))? {
+        if let Some(mut stream) = exec
+            .start(&Default::default())
+            .await
+            .map_err(|e| fault(&what(), e))?
+        {
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(TtyChunk::StdOut(b)) => output.stdout.push_str(&String::from_utf8_lossy(&b)),
@@ -371,13 +464,19 @@ impl Engine for PodmanEngine {
     }
 
     async fn logs(&self, container: &str, lines: usize) -> Result<String> {
-        let opts = ContainerLogsOpts::builder().stdout(true).stderr(true).tail(lines.to_string()).build();
+        let opts = ContainerLogsOpts::builder()
+            .stdout(true)
+            .stderr(true)
+            .tail(lines.to_string())
+            .build();
         let container = self.podman.containers().get(container);
         let mut stream = container.logs(&opts);
         let mut text = String::new();
         while let Some(chunk) = stream.next().await {
             match chunk.map_err(|e| fault("read logs", e))? {
-                TtyChunk::StdOut(b) | TtyChunk::StdErr(b) => text.push_str(&String::from_utf8_lossy(&b)),
+                TtyChunk::StdOut(b) | TtyChunk::StdErr(b) => {
+                    text.push_str(&String::from_utf8_lossy(&b))
+                }
                 TtyChunk::StdIn(_) => {}
             }
         }
@@ -388,18 +487,32 @@ impl Engine for PodmanEngine {
 /// A request client on the same socket, for the calls podman-api gets wrong.
 fn raw_client(url: &str) -> Result<RequestClient<conn::Error>> {
     let transport = if let Some(path) = url.strip_prefix("unix://") {
-        Transport::Unix { client: hyper::Client::builder().build(conn::get_unix_connector()), path: PathBuf::from(path) }
-    } else if let Some(host) = url.strip_prefix("tcp://").or_else(|| url.strip_prefix("http://")) {
+        Transport::Unix {
+            client: hyper::Client::builder().build(conn::get_unix_connector()),
+            path: PathBuf::from(path),
+        }
+    } else if let Some(host) = url
+        .strip_prefix("tcp://")
+        .or_else(|| url.strip_prefix("http://"))
+    {
         let host = url::Url::parse(&format!("http://{host}")).context("invalid Podman URL")?;
-        Transport::Tcp { client: hyper::Client::builder().build(conn::get_http_connector()), host }
+        Transport::Tcp {
+            client: hyper::Client::builder().build(conn::get_http_connector()),
+            host,
+        }
     } else {
         bail!("unsupported Podman URL `{url}`: use unix:///path/to/podman.sock or tcp://host:port");
     };
     Ok(RequestClient::new(transport, Box::new(validate)))
 }
 
-type ValidateFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<hyper::Response<hyper::Body>, conn::Error>> + Send + Sync>>;
+type ValidateFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<hyper::Response<hyper::Body>, conn::Error>>
+            + Send
+            + Sync,
+    >,
+>;
 
 /// Turns a non-2xx answer into an error carrying Podman's own message.
 fn validate(response: hyper::Response<hyper::Body>) -> ValidateFuture {
@@ -411,14 +524,23 @@ fn validate(response: hyper::Response<hyper::Body>) -> ValidateFuture {
         let body = hyper::body::to_bytes(response.into_body()).await?;
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        Err(conn::Error::Fault { code: status, message })
+        Err(conn::Error::Fault {
+            code: status,
+            message,
+        })
     })
 }
 
 fn url_encode_pairs(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 fn is_not_found(e: &podman_api::Error) -> bool {

@@ -1,0 +1,9 @@
+//! The integration tests: one binary, one module per feature.
+//!
+//! `cli` needs nothing but the built binary. `e2e` needs the real Podman
+//! service and the local Valkey image that `scripts/test.sh` provides; without
+//! them those tests fail loudly, naming the command to run.
+
+mod cli;
+mod e2e;
+mod support;

@@ -1,0 +1,224 @@
+//! Helpers shared by the integration tests: a builder around the built binary,
+//! and access to the real Podman service that `scripts/test.sh` starts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `evi-install` with a clean environment in a working directory of its own.
+pub struct Evi {
+    cmd: Command,
+}
+
+impl Evi {
+    pub fn new(cwd: &Path) -> Evi {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evi-install"));
+        cmd.current_dir(cwd)
+            .env_remove("EVI_CONFIG")
+            .env_remove("EVI_STATE_DIR")
+            .env_remove("CONTAINER_HOST")
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100");
+        Evi { cmd }
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Evi {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Evi {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn run(mut self) -> Output {
+        let out = self.cmd.output().expect("run evi-install");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The Podman service and image that `scripts/test.sh` provides. A missing
+/// one is a loud failure, never a skip.
+pub struct TestPodman {
+    pub url: String,
+    pub valkey_image: String,
+}
+
+pub fn test_podman() -> TestPodman {
+    let get = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the end-to-end tests need the real Podman service and the local Valkey image. \
+                 Run them with `scripts/test.sh` (it installs Podman, starts the service and builds the image)."
+            )
+        })
+    };
+    TestPodman {
+        url: get("EVI_TEST_PODMAN_URL"),
+        valkey_image: get("EVI_TEST_VALKEY_IMAGE"),
+    }
+}
+
+/// The end-to-end tests share one host and fixed resource names (evi-state,
+/// evi-net, ...), so they take turns.
+pub fn host_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the podman CLI (same storage as the service) and returns its output.
+pub fn podman(args: &[&str]) -> Output {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("run podman");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Like `podman` but panics when the command fails.
+pub fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args);
+    assert_eq!(out.code, 0, "podman {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+/// Removes every resource evi-install could have created (and any foreign
+/// stand-in a test made), so each test starts from a fresh host.
+pub fn reset_host() {
+    podman_ok(&[
+        "rm",
+        "--force",
+        "--ignore",
+        "--time",
+        "0",
+        "evi-be",
+        "evi-worker",
+        "evi-state",
+    ]);
+    podman(&["network", "rm", "-f", "evi-net"]);
+    podman(&["volume", "rm", "-f", "evi-state-data"]);
+    let secrets = podman_ok(&["secret", "ls", "--format", "{{.Name}}"]);
+    for name in secrets.lines().filter(|n| n.starts_with("evi-")) {
+        podman(&["secret", "rm", name]);
+    }
+}
+
+/// A settings file and state directory in a temp dir, pointing at the local image.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub podman: TestPodman,
+}
+
+impl Site {
+    pub fn new(extra_yaml: &str) -> Site {
+        let podman = test_podman();
+        let dir = tempfile::tempdir().unwrap();
+        let site = Site { dir, podman };
+        site.write_settings(extra_yaml);
+        site
+    }
+
+    pub fn write_settings(&self, extra_yaml: &str) {
+        let image = &self.podman.valkey_image;
+        let yaml = format!(
+            "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sleep, infinity] }}\n  evi-worker: {{ image: {image}, command: [sleep, infinity] }}\n{extra_yaml}",
+            self.state_dir().display()
+        );
+        std::fs::write(self.settings(), yaml).unwrap();
+    }
+
+    pub fn settings(&self) -> PathBuf {
+        self.dir.path().join("evi.yaml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn evi(&self) -> Evi {
+        Evi::new(self.dir.path()).args(["--podman-url", &self.podman.url])
+    }
+
+    pub fn up(&self, args: &[&str]) -> Output {
+        self.evi().args(["up"]).args(args).run()
+    }
+
+    /// The password evi-state holds, read from inside the container.
+    pub fn password(&self) -> String {
+        podman_ok(&[
+            "exec",
+            "evi-state",
+            "cat",
+            "/run/secrets/evi-state-password",
+        ])
+    }
+}
+
+/// Every file under `dir`, with its content, for before/after comparisons.
+pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.push((path.clone(), vec![], meta.permissions().mode()));
+            out.extend(snapshot_dir(&path));
+        } else {
+            out.push((
+                path.clone(),
+                std::fs::read(&path).unwrap_or_default(),
+                meta.permissions().mode(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Everything Podman shows about our resources (ids, states, labels), for
+/// proving that a command changed nothing.
+pub fn snapshot_podman() -> String {
+    let mut out = String::new();
+    for args in [
+        &[
+            "ps",
+            "-a",
+            "--format",
+            "{{.ID}} {{.Names}} {{.State}} {{.Labels}}",
+        ][..],
+        &["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Labels}}"],
+        &["volume", "ls", "--format", "{{.Name}} {{.Labels}}"],
+        &["secret", "ls", "--format", "{{.ID}} {{.Name}}"],
+    ] {
+        let mut lines: Vec<String> = podman_ok(args).lines().map(str::to_string).collect();
+        lines.sort();
+        out.push_str(&lines.join("\n"));
+        out.push('\n');
+    }
+    out
+}
