@@ -2,7 +2,7 @@
 # The README's "run the main job" command for a fresh Debian 12 machine with no container
 # registry: installs Podman, writes the runc containers.conf, starts the Podman REST
 # service, builds the local Valkey 8 image (all via scripts/test-env.sh), builds
-# evi-install and brings up examples/evi.yaml (or renders it, if this build has no `up`).
+# evi-install and brings up examples/evi.yaml with `evi-install up`.
 #
 # The Podman service is deliberately left running afterwards (the deployment is managed
 # through it); stop it with `scripts/test-env.sh stop`.
@@ -20,14 +20,8 @@ cargo build --release
 
 # Honour CARGO_TARGET_DIR, where cargo put the binary if it is set.
 bin="${CARGO_TARGET_DIR:-target}/release/evi-install"
-# `up --help` succeeds only if this build has the `up` subcommand.
-if "$bin" up --help >/dev/null 2>&1; then
-    printf '\n===== %s up =====\n' "$bin"
-    "$bin" --podman-url "$EVI_TEST_PODMAN_URL" --config examples/evi.yaml up
-else
-    printf '\n===== %s render (this build has no "up") =====\n' "$bin"
-    "$bin" --config examples/evi.yaml render
-fi
+printf '\n===== %s up =====\n' "$bin"
+"$bin" --podman-url "$EVI_TEST_PODMAN_URL" --config examples/evi.yaml up
 
 cat <<MSG
 
