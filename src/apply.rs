@@ -57,7 +57,7 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
             continue;
         }
         let started = Instant::now();
-        apply_step(engine, step, opts).await.map_err(|e| {
+        apply_step(engine, step, ui, opts).await.map_err(|e| {
             anyhow!(
                 "{} {} {} failed: {}",
                 verb_word(step.verb),
@@ -121,7 +121,7 @@ async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()
     Ok(())
 }
 
-async fn apply_step<E: Engine>(engine: &E, step: &Step, opts: &Options) -> Result<()> {
+async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options) -> Result<()> {
     match &step.change {
         Change::Keep => Ok(()),
         Change::WriteConfig { content } => {
@@ -141,16 +141,17 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, opts: &Options) -> Resul
                 .create_volume(&step.name, &crate::desired::owned_labels())
                 .await
         }
-        Change::CreateContainer { spec } => run_container(engine, spec, opts).await,
+        Change::CreateContainer { spec } => run_container(engine, spec, ui, opts).await,
         Change::ReplaceContainer { spec } => {
             engine
                 .remove_container(&spec.name, spec.stop_timeout)
                 .await?;
-            run_container(engine, spec, opts).await
+            run_container(engine, spec, ui, opts).await
         }
         Change::StartContainer => {
             engine.start_container(&step.name).await?;
             if step.name == STATE_CONTAINER {
+                let _spinner = ui.spinner("waiting for evi-state to answer an authenticated PING");
                 wait_ready(engine, opts.ready_timeout).await?;
             }
             Ok(())
@@ -160,10 +161,11 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, opts: &Options) -> Resul
     }
 }
 
-async fn run_container<E: Engine>(engine: &E, spec: &ContainerSpec, opts: &Options) -> Result<()> {
+async fn run_container<E: Engine>(engine: &E, spec: &ContainerSpec, ui: &Ui, opts: &Options) -> Result<()> {
     engine.create_container(spec).await?;
     engine.start_container(&spec.name).await?;
     if spec.name == STATE_CONTAINER {
+        let _spinner = ui.spinner("waiting for evi-state to answer an authenticated PING");
         wait_ready(engine, opts.ready_timeout).await?;
     }
     Ok(())

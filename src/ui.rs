@@ -10,6 +10,8 @@ pub struct Ui {
     pub quiet: bool,
     pub verbose: u8,
     pub color: bool,
+    /// stdout is a terminal: spinners are drawn only then.
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +30,7 @@ impl Ui {
             quiet,
             verbose,
             color: tty && !no_color,
+            tty,
         }
     }
 
@@ -57,6 +60,24 @@ impl Ui {
         print_out(text);
     }
 
+    /// Draws a spinner with `label` until the returned guard is dropped.
+    /// Nothing is drawn when stdout is not a terminal or with `-q`.
+    pub fn spinner(&self, label: &str) -> Spinner {
+        if !self.tty || self.quiet {
+            return Spinner(None);
+        }
+        let label = label.to_string();
+        let task = tokio::spawn(async move {
+            const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+            for i in 0.. {
+                print!("\r  {} {label}", FRAMES[i % FRAMES.len()]);
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        Spinner(Some(task))
+    }
+
     pub fn warn(&self, text: &str) {
         eprintln!(
             "{}",
@@ -82,4 +103,18 @@ pub fn print_error(message: &str) {
         "error:"
     };
     eprintln!("{label} {}", redact(message));
+}
+
+/// Stops and erases its spinner when dropped.
+pub struct Spinner(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            // Erase the spinner line so the next progress line starts clean.
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+        }
+    }
 }
