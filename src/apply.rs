@@ -158,10 +158,25 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
         }
         Change::RemoveContainer => engine.remove_container(&step.name, 10).await,
         Change::RemoveSecret => engine.remove_secret(&step.name).await,
+        Change::RemoveNetwork => engine.remove_network(&step.name).await,
+        Change::RemoveVolume => engine.remove_volume(&step.name).await,
+        Change::RemoveFile => match std::fs::remove_file(&step.name) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow!(
+                "cannot remove {}: {}",
+                step.name,
+                crate::settings::io_reason(&e)
+            )),
+            _ => Ok(()),
+        },
     }
 }
 
-async fn run_container<E: Engine>(engine: &E, spec: &ContainerSpec, ui: &Ui, opts: &Options) -> Result<()> {
+async fn run_container<E: Engine>(
+    engine: &E,
+    spec: &ContainerSpec,
+    ui: &Ui,
+    opts: &Options,
+) -> Result<()> {
     engine.create_container(spec).await?;
     engine.start_container(&spec.name).await?;
     if spec.name == STATE_CONTAINER {
@@ -235,6 +250,7 @@ mod tests {
             quiet: true,
             verbose: 0,
             color: false,
+            tty: false,
         }
     }
 

@@ -87,6 +87,30 @@ pub enum Command {
     /// Make the host match the settings (or, with --dry-run, show the plan)
     #[command(after_help = UP_EXAMPLES)]
     Up(UpArgs),
+    /// Stop and remove the containers and the network; keep data, secrets and config
+    #[command(after_help = DOWN_EXAMPLES)]
+    Down(DownArgs),
+}
+
+const DOWN_EXAMPLES: &str = "\
+Examples:
+  evi-install down --dry-run          Show what would be removed
+  evi-install down                    Remove the containers and evi-net; keep the data
+  evi-install down --purge --yes      Also delete the data volume, the secrets and valkey.conf";
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Show what would be removed and remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also remove the data volume (all Valkey data), the password secrets and valkey.conf
+    #[arg(long)]
+    pub purge: bool,
+
+    /// With --purge: do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 const RENDER_EXAMPLES: &str = "\

@@ -250,6 +250,10 @@ pub enum Change {
     StartContainer,
     RemoveContainer,
     RemoveSecret,
+    RemoveNetwork,
+    RemoveVolume,
+    /// Delete the config file (`down --purge`).
+    RemoveFile,
     Keep,
 }
 

@@ -166,6 +166,81 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     Ok(Plan { steps })
 }
 
+/// What `down` removes: our containers (clients first) and the network; with
+/// `purge`, also the data volume, the secrets and the config file. Resources
+/// under our names that we do not own are left alone and reported in `skipped`.
+pub fn plan_down(
+    observed: &Observed,
+    network: &str,
+    config_path: &str,
+    purge: bool,
+) -> (Plan, Vec<String>) {
+    let mut steps = Vec::new();
+    let mut skipped = Vec::new();
+    let mut foreign = |kind: Kind, name: &str| skipped.push(format!("{} {name}", kind.as_str()));
+    for name in [WORKER_CONTAINER, BACKEND_CONTAINER, STATE_CONTAINER] {
+        match observed.containers.get(name) {
+            Some(c) if c.owned() => steps.push(step(
+                Kind::Container,
+                name,
+                Verb::Remove,
+                "down",
+                Change::RemoveContainer,
+            )),
+            Some(_) => foreign(Kind::Container, name),
+            None => {}
+        }
+    }
+    match &observed.network {
+        Some(n) if n.owned() => steps.push(step(
+            Kind::Network,
+            network,
+            Verb::Remove,
+            "down",
+            Change::RemoveNetwork,
+        )),
+        Some(_) => foreign(Kind::Network, network),
+        None => {}
+    }
+    if purge {
+        let reason = "down --purge";
+        match &observed.volume {
+            Some(v) if v.owned() => steps.push(step(
+                Kind::Volume,
+                &v.name,
+                Verb::Remove,
+                "down --purge: its data is deleted",
+                Change::RemoveVolume,
+            )),
+            Some(v) => foreign(Kind::Volume, &v.name),
+            None => {}
+        }
+        for secret in &observed.secrets {
+            if secret.owned() {
+                steps.push(step(
+                    Kind::Secret,
+                    &secret.name,
+                    Verb::Remove,
+                    reason,
+                    Change::RemoveSecret,
+                ));
+            } else {
+                foreign(Kind::Secret, &secret.name);
+            }
+        }
+        if observed.config.is_some() {
+            steps.push(step(
+                Kind::File,
+                config_path,
+                Verb::Remove,
+                reason,
+                Change::RemoveFile,
+            ));
+        }
+    }
+    (Plan { steps }, skipped)
+}
+
 fn config_step(desired: &Desired, observed: &Observed) -> Step {
     let path = desired.config.path.display().to_string();
     let content = &desired.config.content;
@@ -506,6 +581,36 @@ mod tests {
             let err = plan(&d, &o).unwrap_err().to_string();
             assert!(err.starts_with(named), "{err}");
         }
+    }
+
+    #[test]
+    fn down_removes_what_we_own_and_purge_removes_the_rest() {
+        let d = app();
+        let mut o = converged(&d);
+        o.containers.get_mut("evi-be").unwrap().labels.clear();
+        let (p, skipped) = plan_down(&o, "evi-net", "/s/valkey.conf", false);
+        assert_eq!(
+            summary(&p),
+            [
+                "Remove container evi-worker",
+                "Remove container evi-state",
+                "Remove network evi-net"
+            ]
+        );
+        assert_eq!(skipped, ["container evi-be"]);
+        let (p, _) = plan_down(&o, "evi-net", "/s/valkey.conf", true);
+        assert_eq!(
+            summary(&p)[3..],
+            [
+                "Remove volume evi-state-data",
+                "Remove secret evi-state-password-v1",
+                "Remove secret evi-valkey-url-v1",
+                "Remove file /s/valkey.conf",
+            ]
+        );
+        assert!(!plan_down(&Observed::default(), "evi-net", "/s", true)
+            .0
+            .has_changes());
     }
 
     #[test]

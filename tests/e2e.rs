@@ -410,3 +410,88 @@ fn without_podman_up_fails_with_the_fix_and_the_dry_run_still_plans() {
     assert!(out.stdout.contains("Plan: 6 to create"), "{}", out.stdout);
     assert!(!state.exists());
 }
+
+#[test]
+fn down_keeps_the_data_and_purge_removes_everything_we_own() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    assert_eq!(site.up(&[]).code, 0);
+    state_cli("set op:keep me");
+    let password = site.password();
+    let down = |args: &[&str]| site.evi().args(["down"]).args(args).run();
+
+    let before = snapshot_podman();
+    let dry = down(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(dry.stdout.contains("4 to remove."), "{}", dry.stdout);
+    assert_eq!(snapshot_podman(), before, "a dry run removes nothing");
+
+    let out = down(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("Down complete: 4 removed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        podman_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=evi-",
+            "--format",
+            "{{.Names}}"
+        ])
+        .trim(),
+        ""
+    );
+    assert_ne!(podman(&["network", "exists", "evi-net"]).code, 0);
+    assert_eq!(
+        podman(&["volume", "exists", "evi-state-data"]).code,
+        0,
+        "the data volume is kept"
+    );
+    assert!(site.state_dir().join("valkey/valkey.conf").exists());
+
+    // Back up: the same password and the data written before.
+    assert_eq!(site.up(&[]).code, 0);
+    assert_eq!(site.password(), password);
+    assert_eq!(state_cli("get op:keep"), "me");
+
+    // Purge needs a confirmation; without a terminal that is --yes.
+    let before = snapshot_podman();
+    let out = down(&["--purge"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("pass --yes to confirm"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot_podman(), before);
+
+    let out = down(&["--purge", "--yes"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_ne!(podman(&["volume", "exists", "evi-state-data"]).code, 0);
+    assert_eq!(
+        podman_ok(&["secret", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .filter(|n| n.starts_with("evi-"))
+            .count(),
+        0
+    );
+    assert!(!site.state_dir().join("valkey/valkey.conf").exists());
+    assert_eq!(down(&[]).stdout.trim(), "Nothing to remove.");
+
+    // A foreign network under our name is left alone.
+    podman_ok(&["network", "create", "evi-net"]);
+    let out = down(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("leaving network evi-net alone"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(podman(&["network", "exists", "evi-net"]).code, 0);
+    reset_host();
+}

@@ -1,5 +1,6 @@
 //! One module per command; `run` dispatches.
 
+mod down;
 mod render;
 mod up;
 
@@ -22,7 +23,24 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Up(args) => {
             runtime()?.block_on(up::run(&settings, cli.podman_url.as_deref(), &args, &ui))
         }
+        Command::Down(args) => {
+            runtime()?.block_on(down::run(&settings, cli.podman_url.as_deref(), &args, &ui))
+        }
     }
+}
+
+/// Observes everything evi-install manages: Podman resources and the config file.
+async fn observe<E: crate::engine::Engine>(
+    engine: &E,
+    settings: &Settings,
+) -> Result<crate::model::Observed> {
+    use crate::model::{BACKEND_CONTAINER, DATA_VOLUME, STATE_CONTAINER, WORKER_CONTAINER};
+    let names = [STATE_CONTAINER, BACKEND_CONTAINER, WORKER_CONTAINER];
+    let mut observed = engine
+        .observe(&settings.network, DATA_VOLUME, &names)
+        .await?;
+    observed.config = crate::fsutil::read_optional(&settings.config_path())?;
+    Ok(observed)
 }
 
 fn load_settings(overrides: &Overrides, ui: &Ui) -> Result<Settings> {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::observe;
 use crate::apply::{self, apply};
 use crate::cli::{OutputFormat, UpArgs};
 use crate::desired;
 use crate::engine::podman::{resolve_url, PodmanEngine};
-use crate::engine::Engine;
 use crate::exit;
 use crate::fsutil::read_optional;
 use crate::model::*;
@@ -108,15 +108,6 @@ pub async fn run(
     } else {
         exit::OK
     })
-}
-
-async fn observe<E: Engine>(engine: &E, settings: &Settings) -> Result<Observed> {
-    let names = [STATE_CONTAINER, BACKEND_CONTAINER, WORKER_CONTAINER];
-    let mut observed = engine
-        .observe(&settings.network, DATA_VOLUME, &names)
-        .await?;
-    observed.config = read_optional(&settings.config_path())?;
-    Ok(observed)
 }
 
 fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {

@@ -74,6 +74,18 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        self.record(format!("remove network {name}"))?;
+        self.host.lock().unwrap().network = None;
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.record(format!("remove volume {name}"))?;
+        self.host.lock().unwrap().volume = None;
+        Ok(())
+    }
+
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
         self.record(format!("create volume {name}"))?;
         self.host.lock().unwrap().volume = Some(ObservedResource {

@@ -30,6 +30,8 @@ pub trait Engine {
     async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()>;
     async fn remove_secret(&self, name: &str) -> Result<()>;
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<()>;
+    async fn remove_network(&self, name: &str) -> Result<()>;
+    async fn remove_volume(&self, name: &str) -> Result<()>;
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()>;
     /// Creates (does not start) a container. Never publishes a port.
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()>;

@@ -273,6 +273,20 @@ impl Engine for PodmanEngine {
         Ok(())
     }
 
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.podman.networks().get(name).delete().await {
+            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove network {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self.podman.volumes().get(name).delete().await {
+            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove volume {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
         let opts = VolumeCreateOpts::builder()
             .name(name)

@@ -141,8 +141,10 @@ impl Site {
 
     pub fn write_settings(&self, extra_yaml: &str) {
         let image = &self.podman.valkey_image;
+        // The clients idle, but stop at once on SIGTERM (a bare `sleep` as PID 1 ignores it).
+        let idle = r#"[sh, -c, "trap 'exit 0' TERM; sleep infinity & wait"]"#;
         let yaml = format!(
-            "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sleep, infinity] }}\n  evi-worker: {{ image: {image}, command: [sleep, infinity] }}\n{extra_yaml}",
+            "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: {idle} }}\n  evi-worker: {{ image: {image}, command: {idle} }}\n{extra_yaml}",
             self.state_dir().display()
         );
         std::fs::write(self.settings(), yaml).unwrap();
@@ -205,12 +207,9 @@ pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
 pub fn snapshot_podman() -> String {
     let mut out = String::new();
     for args in [
-        &[
-            "ps",
-            "-a",
-            "--format",
-            "{{.ID}} {{.Names}} {{.State}} {{.Labels}}",
-        ][..],
+        // `{{.State}}` reads "Up 2 seconds ago" on Podman 4.3: list the running ones instead.
+        &["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Labels}}"][..],
+        &["ps", "--format", "running: {{.ID}}"],
         &["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Labels}}"],
         &["volume", "ls", "--format", "{{.Name}} {{.Labels}}"],
         &["secret", "ls", "--format", "{{.ID}} {{.Name}}"],
