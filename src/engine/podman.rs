@@ -253,10 +253,10 @@ impl Engine for PodmanEngine {
     }
 
     async fn remove_secret(&self, name: &str) -> Result<()> {
-        match self.podman.secrets().get(name).delete().await {
-            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove secret {name}"), e)),
-            _ => Ok(()),
-        }
+        removed(
+            self.podman.secrets().get(name).delete().await,
+            &format!("remove secret {name}"),
+        )
     }
 
     async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
@@ -274,17 +274,17 @@ impl Engine for PodmanEngine {
     }
 
     async fn remove_network(&self, name: &str) -> Result<()> {
-        match self.podman.networks().get(name).delete().await {
-            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove network {name}"), e)),
-            _ => Ok(()),
-        }
+        removed(
+            self.podman.networks().get(name).delete().await,
+            &format!("remove network {name}"),
+        )
     }
 
     async fn remove_volume(&self, name: &str) -> Result<()> {
-        match self.podman.volumes().get(name).delete().await {
-            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove volume {name}"), e)),
-            _ => Ok(()),
-        }
+        removed(
+            self.podman.volumes().get(name).delete().await,
+            &format!("remove volume {name}"),
+        )
     }
 
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
@@ -406,10 +406,10 @@ impl Engine for PodmanEngine {
             .force(true)
             .timeout(timeout as usize)
             .build();
-        match container.delete(&opts).await {
-            Err(e) if !is_not_found(&e) => Err(fault(&format!("remove container {name}"), e)),
-            _ => Ok(()),
-        }
+        removed(
+            container.delete(&opts).await,
+            &format!("remove container {name}"),
+        )
     }
 
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
@@ -555,6 +555,15 @@ fn url_encode_pairs(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
+}
+
+/// The result of a removal: a resource that is already gone counts as removed,
+/// so a rerun after an interruption does not fail on what was done.
+fn removed<T>(result: podman_api::Result<T>, action: &str) -> Result<()> {
+    match result {
+        Err(e) if !is_not_found(&e) => Err(fault(action, e)),
+        _ => Ok(()),
+    }
 }
 
 fn is_not_found(e: &podman_api::Error) -> bool {
