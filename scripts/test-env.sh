@@ -106,7 +106,17 @@ EOF
     export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
 }
 
-evi_socket_path() { printf '%s/podman.sock' "$EVI_TEST_DIR"; }
+# A unix socket path must fit in 108 bytes; a deep checkout (CI clones anywhere) falls
+# back to a short directory keyed by the checkout's path.
+evi_socket_path() {
+    local sock="$EVI_TEST_DIR/podman.sock" short
+    if ((${#sock} >= 100)); then
+        short="/tmp/evi-test-$(printf '%s' "$EVI_REPO" | md5sum | cut -c1-12)"
+        mkdir -p "$short"
+        sock="$short/podman.sock"
+    fi
+    printf '%s' "$sock"
+}
 evi_pid_file() { printf '%s/podman-service.pid' "$EVI_TEST_DIR"; }
 
 evi_ping() {
