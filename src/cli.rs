@@ -75,6 +75,16 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
 
+    /// Seconds to wait for another evi-install run to release the host lock
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        help_heading = "Global options"
+    )]
+    pub lock_timeout: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,6 +100,28 @@ pub enum Command {
     /// Stop and remove the containers and the network; keep data, secrets and config
     #[command(after_help = DOWN_EXAMPLES)]
     Down(DownArgs),
+    /// Change the Valkey password with no refused client and no lost data
+    #[command(name = "rotate-secret", after_help = ROTATE_EXAMPLES)]
+    RotateSecret(RotateArgs),
+}
+
+const ROTATE_EXAMPLES: &str = "\
+Examples:
+  evi-install rotate-secret --dry-run   List the steps, change nothing
+  evi-install rotate-secret             Move evi-state, evi-be and evi-worker to a new password
+
+The running evi-state accepts both passwords while the clients move, then only
+the new one. An interrupted rotation is completed by running it again.";
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// List the steps and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Seconds to wait for the re-created evi-state to answer an authenticated PING
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub ready_timeout: u64,
 }
 
 const DOWN_EXAMPLES: &str = "\

@@ -167,6 +167,11 @@ fn with_labels(mut spec: ContainerSpec) -> ContainerSpec {
         ),
         (FIELDS_LABEL.to_string(), fields_json),
     ]);
+    if let Some(version) = spec.secret_version {
+        // Which password generation the container was given: rotate-secret reads it.
+        spec.labels
+            .insert(SECRET_VERSION_LABEL.to_string(), version.0.to_string());
+    }
     spec
 }
 

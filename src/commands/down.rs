@@ -6,23 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::observe;
+use super::{observe, Host};
 use crate::apply::{self, apply};
 use crate::cli::DownArgs;
-use crate::engine::podman::{resolve_url, PodmanEngine};
 use crate::exit;
 use crate::plan::plan_down;
 use crate::plan_view;
 use crate::settings::Settings;
 use crate::ui::Ui;
 
-pub async fn run(
-    settings: &Settings,
-    podman_url: Option<&str>,
-    args: &DownArgs,
-    ui: &Ui,
-) -> Result<u8> {
-    let engine = PodmanEngine::connect(&resolve_url(podman_url)).await?;
+pub async fn run(settings: &Settings, ctx: &Host, args: &DownArgs, ui: &Ui) -> Result<u8> {
+    let engine = ctx.connect().await?;
     let observed = observe(&engine, settings).await?;
     let config_path = settings.config_path().display().to_string();
     let (plan, skipped) = plan_down(&observed, &settings.network, &config_path, args.purge);
@@ -51,6 +45,7 @@ pub async fn run(
     if args.purge && !args.yes {
         confirm_purge(&listing)?;
     }
+    let _lock = ctx.lock(settings, "down").await?;
     ui.info(&format!("Removing:\n\n{listing}\n"));
     let started = Instant::now();
     let opts = apply::Options {

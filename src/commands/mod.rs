@@ -2,6 +2,7 @@
 
 mod down;
 mod render;
+mod rotate;
 mod up;
 
 use anyhow::Result;
@@ -18,14 +19,35 @@ pub fn run(cli: Cli) -> Result<u8> {
         state_dir: cli.state_dir.clone(),
     };
     let settings = load_settings(&overrides, &ui)?;
+    let ctx = Host {
+        podman_url: cli.podman_url.clone(),
+        lock_timeout: std::time::Duration::from_secs(cli.lock_timeout),
+    };
     match cli.command {
         Command::Render(args) => render::run(&settings, &args, &ui),
-        Command::Up(args) => {
-            runtime()?.block_on(up::run(&settings, cli.podman_url.as_deref(), &args, &ui))
+        Command::Up(args) => runtime()?.block_on(up::run(&settings, &ctx, &args, &ui)),
+        Command::Down(args) => runtime()?.block_on(down::run(&settings, &ctx, &args, &ui)),
+        Command::RotateSecret(args) => {
+            runtime()?.block_on(rotate::run(&settings, &ctx, &args, &ui))
         }
-        Command::Down(args) => {
-            runtime()?.block_on(down::run(&settings, cli.podman_url.as_deref(), &args, &ui))
-        }
+    }
+}
+
+/// What every command that touches the host needs besides the settings.
+pub struct Host {
+    pub podman_url: Option<String>,
+    pub lock_timeout: std::time::Duration,
+}
+
+impl Host {
+    pub async fn connect(&self) -> Result<crate::engine::podman::PodmanEngine> {
+        let url = crate::engine::podman::resolve_url(self.podman_url.as_deref());
+        crate::engine::podman::PodmanEngine::connect(&url).await
+    }
+
+    /// Takes the host lock for `command` (see `lock.rs`).
+    pub async fn lock(&self, settings: &Settings, command: &str) -> Result<crate::lock::HostLock> {
+        crate::lock::HostLock::acquire(&settings.state_dir, command, self.lock_timeout).await
     }
 }
 

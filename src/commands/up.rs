@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::observe;
+use super::{observe, Host};
 use crate::apply::{self, apply};
 use crate::cli::{OutputFormat, UpArgs};
 use crate::desired;
-use crate::engine::podman::{resolve_url, PodmanEngine};
 use crate::exit;
 use crate::fsutil::read_optional;
 use crate::model::*;
@@ -24,12 +23,7 @@ use crate::render::{hex, valkey_conf};
 use crate::settings::{check_fits_host, io_reason, Settings};
 use crate::ui::Ui;
 
-pub async fn run(
-    settings: &Settings,
-    podman_url: Option<&str>,
-    args: &UpArgs,
-    ui: &Ui,
-) -> Result<u8> {
+pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Result<u8> {
     settings.require_backend()?;
     if let Some(total) = host_memory() {
         check_fits_host(settings, total)?;
@@ -37,8 +31,7 @@ pub async fn run(
     let conf = valkey_conf(settings)?;
     check_state_dir(&settings.state_dir)?;
 
-    let url = resolve_url(podman_url);
-    let engine = match PodmanEngine::connect(&url).await {
+    let engine = match ctx.connect().await {
         Ok(engine) => Some(engine),
         Err(e) if args.dry_run => {
             ui.warn(&format!("{e:#}"));
@@ -49,33 +42,35 @@ pub async fn run(
         }
         Err(e) => return Err(e),
     };
-
-    let observed = match &engine {
-        Some(engine) => observe(engine, settings).await?,
-        None => Observed {
+    let Some(engine) = engine else {
+        let observed = Observed {
             config: read_optional(&settings.config_path())?,
             ..Observed::default()
-        },
+        };
+        return show_plan(&make_document(settings, &conf, &observed)?, args, ui);
     };
-    let version = secret_version_for(&observed);
-    let wanted = desired::build(settings, &conf, version);
-    let the_plan = plan(&wanted, &observed)?;
-    let document = PlanDocument::new(
-        the_plan,
-        settings_fingerprint(settings, &conf),
-        host_fingerprint(&observed),
-    );
 
+    // Planning reads only, so it needs no lock: a no-op `up` or a dry run never
+    // waits for another run, and bad input stops here with the host untouched.
+    let document = make_document(settings, &conf, &observe(&engine, settings).await?)?;
     if args.dry_run {
         return show_plan(&document, args, ui);
     }
-    let Some(engine) = engine else {
-        unreachable!("connect errors return early unless --dry-run")
-    };
+    if let Some(path) = &args.plan {
+        load_saved_plan(path, &document)?;
+    }
+    if !document.plan.has_changes() {
+        ui.result(&plan_view::summary_line(&document.plan));
+        return Ok(exit::OK);
+    }
 
+    // Changes ahead: take the host lock, then look again, since another run may
+    // have changed the host while this one waited.
+    let _lock = ctx.lock(settings, "up").await?;
+    let current = make_document(settings, &conf, &observe(&engine, settings).await?)?;
     let to_apply = match &args.plan {
-        Some(path) => load_saved_plan(path, &document)?,
-        None => document,
+        Some(path) => load_saved_plan(path, &current)?,
+        None => current,
     };
     if !to_apply.plan.has_changes() {
         ui.result(&plan_view::summary_line(&to_apply.plan));
@@ -91,15 +86,11 @@ pub async fn run(
     let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
 
     // Look again: what was applied must now plan to nothing.
-    let after = observe(&engine, settings).await?;
-    let check = plan(
-        &desired::build(settings, &conf, secret_version_for(&after)),
-        &after,
-    )?;
-    if check.has_changes() {
+    let after = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    if after.plan.has_changes() {
         bail!(
             "the host still differs from the settings after apply ({}); run `evi-install up --dry-run` to see what",
-            plan_view::summary_line(&check)
+            plan_view::summary_line(&after.plan)
         );
     }
     ui.result(&report.summary(started.elapsed()));
@@ -108,6 +99,17 @@ pub async fn run(
     } else {
         exit::OK
     })
+}
+
+/// Plans `up` for the observed host, with the fingerprints a saved plan needs.
+fn make_document(settings: &Settings, conf: &str, observed: &Observed) -> Result<PlanDocument> {
+    let wanted = desired::build(settings, conf, secret_version_for(observed));
+    let the_plan = plan(&wanted, observed)?;
+    Ok(PlanDocument::new(
+        the_plan,
+        settings_fingerprint(settings, conf),
+        host_fingerprint(observed),
+    ))
 }
 
 fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {

@@ -1,0 +1,674 @@
+//! Password rotation with no refused client.
+//!
+//! Valkey lets one user hold several passwords, so the running server is made
+//! to accept the new password beside the old one, the clients move to it, the
+//! old one is revoked, and only then is evi-state re-created from the new
+//! secret. At every moment the clients hold a password the server accepts.
+//!
+//! The password values never pass through evi-install after generation: a
+//! short-lived job container on the network mounts the old and the new secret
+//! as files and drives `valkey-cli` with commands built by shell built-ins
+//! (`read`, `printf`), so no password is in any process's arguments.
+//!
+//! Every step can be repeated. After an interruption, the next run reads from
+//! the host (secret generations, the generation label on each container) how
+//! far the last one got and completes it.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::apply::wait_ready;
+use crate::desired::owned_labels;
+use crate::engine::{create_secret_pair, Engine};
+use crate::model::*;
+use crate::secret::{redact, Password};
+use crate::ui::Ui;
+
+/// One step of a rotation, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotStep {
+    /// Remove secrets of a generation whose creation was interrupted.
+    RemoveIncomplete(Vec<String>),
+    CreateSecrets,
+    /// The running evi-state accepts the new password as well as the old.
+    AddPassword,
+    /// Re-create these clients with the new `VALKEY_URL`.
+    ReplaceClients(Vec<String>),
+    /// The running evi-state accepts only the new password.
+    RevokeOld,
+    /// Re-create evi-state from the new secret (data volume kept).
+    ReplaceState,
+    RemoveOldSecrets(Vec<String>),
+}
+
+impl RotStep {
+    /// A stable name, for messages and the fault-injection hook.
+    pub fn key(&self) -> &'static str {
+        match self {
+            RotStep::RemoveIncomplete(_) => "remove-incomplete",
+            RotStep::CreateSecrets => "create-secrets",
+            RotStep::AddPassword => "add-password",
+            RotStep::ReplaceClients(_) => "replace-clients",
+            RotStep::RevokeOld => "revoke-old",
+            RotStep::ReplaceState => "replace-state",
+            RotStep::RemoveOldSecrets(_) => "remove-old-secrets",
+        }
+    }
+}
+
+impl fmt::Display for RotStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RotStep::RemoveIncomplete(names) => {
+                write!(f, "remove the incomplete secrets {}", names.join(", "))
+            }
+            RotStep::CreateSecrets => write!(
+                f,
+                "create the new password's secrets (the password is never shown)"
+            ),
+            RotStep::AddPassword => write!(
+                f,
+                "make the running evi-state accept the new password as well as the old"
+            ),
+            RotStep::ReplaceClients(names) => {
+                write!(
+                    f,
+                    "re-create {} with the new VALKEY_URL and confirm they run",
+                    names.join(" and ")
+                )
+            }
+            RotStep::RevokeOld => write!(f, "revoke the old password on the running evi-state"),
+            RotStep::ReplaceState => {
+                write!(
+                    f,
+                    "re-create evi-state from the new secret (graceful stop, data volume kept)"
+                )
+            }
+            RotStep::RemoveOldSecrets(names) => {
+                write!(f, "remove the old secrets {}", names.join(", "))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub from: SecretVersion,
+    pub to: SecretVersion,
+    /// Completing an interrupted rotation rather than starting one.
+    pub resuming: bool,
+    pub steps: Vec<RotStep>,
+}
+
+fn label_version(labels: &Labels) -> Option<SecretVersion> {
+    labels
+        .get(SECRET_VERSION_LABEL)?
+        .parse()
+        .ok()
+        .map(SecretVersion)
+}
+
+/// Works out the steps from the observed host. Pure.
+pub fn plan_rotation(observed: &Observed, clients: &[&str]) -> Result<Rotation, String> {
+    let run_up = "run `evi-install up` first";
+    let state = match observed.containers.get(STATE_CONTAINER) {
+        Some(c) if !c.owned() => {
+            return Err(format!(
+                "container `{STATE_CONTAINER}` was not created by evi-install"
+            ))
+        }
+        Some(c) if c.running => c,
+        Some(c) => return Err(format!("evi-state is {}, not running; {run_up}", c.state)),
+        None => return Err(format!("evi-state does not exist; {run_up}")),
+    };
+    let from = label_version(&state.labels)
+        .ok_or_else(|| format!("evi-state has no password generation label; {run_up}"))?;
+    let owned = |name: String| observed.secrets.iter().any(|s| s.name == name && s.owned());
+    let complete = |v: SecretVersion| owned(v.password_name()) && owned(v.url_name());
+    if !complete(from) {
+        return Err(format!(
+            "the secrets of evi-state's password (generation v{}) are missing; {run_up}",
+            from.0
+        ));
+    }
+    let versions: Vec<SecretVersion> = observed
+        .secrets
+        .iter()
+        .filter_map(secret_version_of)
+        .collect();
+    let incomplete: Vec<String> = observed
+        .secrets
+        .iter()
+        .filter(|s| secret_version_of(s).is_some_and(|v| !complete(v)))
+        .map(|s| s.name.clone())
+        .collect();
+    let newest = versions
+        .iter()
+        .copied()
+        .filter(|v| complete(*v))
+        .max()
+        .unwrap_or(from);
+    let clients_not_on = |v: SecretVersion| -> Vec<String> {
+        clients
+            .iter()
+            .filter(|name| {
+                observed
+                    .containers
+                    .get(**name)
+                    .is_some_and(|c| label_version(&c.labels) != Some(v))
+            })
+            .map(|name| name.to_string())
+            .collect()
+    };
+    let secrets_not_of = |v: SecretVersion| -> Vec<String> {
+        observed
+            .secrets
+            .iter()
+            .filter(|s| secret_version_of(s) != Some(v) && !incomplete.contains(&s.name))
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let mut steps = Vec::new();
+    if !incomplete.is_empty() {
+        steps.push(RotStep::RemoveIncomplete(incomplete.clone()));
+    }
+
+    if newest > from {
+        // Interrupted after the new secrets were made: finish moving to them.
+        steps.push(RotStep::AddPassword);
+        let lagging = clients_not_on(newest);
+        if !lagging.is_empty() {
+            steps.push(RotStep::ReplaceClients(lagging));
+        }
+        steps.extend([
+            RotStep::RevokeOld,
+            RotStep::ReplaceState,
+            RotStep::RemoveOldSecrets(secrets_not_of(newest)),
+        ]);
+        return Ok(Rotation {
+            from,
+            to: newest,
+            resuming: true,
+            steps,
+        });
+    }
+    let lagging = clients_not_on(from);
+    let stale = secrets_not_of(from);
+    if !lagging.is_empty() || !stale.is_empty() {
+        // Interrupted after evi-state moved: the clients and the clean-up remain.
+        if !lagging.is_empty() {
+            steps.push(RotStep::ReplaceClients(lagging));
+        }
+        if !stale.is_empty() {
+            steps.push(RotStep::RemoveOldSecrets(stale));
+        }
+        return Ok(Rotation {
+            from,
+            to: from,
+            resuming: true,
+            steps,
+        });
+    }
+
+    let to = versions.iter().copied().max().unwrap_or(from).next();
+    let present: Vec<String> = clients
+        .iter()
+        .filter(|n| observed.containers.contains_key(**n))
+        .map(|n| n.to_string())
+        .collect();
+    steps.push(RotStep::CreateSecrets);
+    steps.push(RotStep::AddPassword);
+    if !present.is_empty() {
+        steps.push(RotStep::ReplaceClients(present));
+    }
+    steps.extend([
+        RotStep::RevokeOld,
+        RotStep::ReplaceState,
+        RotStep::RemoveOldSecrets(vec![from.password_name(), from.url_name()]),
+    ]);
+    Ok(Rotation {
+        from,
+        to,
+        resuming: false,
+        steps,
+    })
+}
+
+/// The job container's script. `$1` is `add`, `revoke` or `rollback`. Both
+/// passwords are read from the mounted secrets with `read`; the commands are
+/// built with `printf` (a built-in) and piped to valkey-cli.
+pub const JOB_SCRIPT: &str = r#"set -u
+old=; new=
+IFS= read -r old < /run/secrets/evi-old-password || true
+IFS= read -r new < /run/secrets/evi-new-password || true
+if [ -z "$old" ] || [ -z "$new" ]; then echo "rotation job: a password secret is empty" >&2; exit 78; fi
+cli() { valkey-cli --no-auth-warning -h evi-state -p 6379; }
+works() { [ "$(printf 'AUTH %s\nPING\n' "$1" | cli 2>&1)" = "$(printf 'OK\nPONG')" ]; }
+# The password the server accepts now: old first, new after an interrupted run.
+current() { if works "$old"; then cur=$old; elif works "$new"; then cur=$new; else echo "rotation job: evi-state accepts neither password" >&2; exit 1; fi; }
+case "$1" in
+  add)
+    current
+    printf 'AUTH %s\nACL SETUSER default on >%s\n' "$cur" "$new" | cli >/dev/null 2>&1
+    works "$new" || { echo "rotation job: evi-state does not accept the new password" >&2; exit 1; } ;;
+  revoke)
+    works "$new" || { echo "rotation job: evi-state does not accept the new password; nothing revoked" >&2; exit 1; }
+    printf 'AUTH %s\nACL SETUSER default resetpass >%s\n' "$new" "$new" | cli >/dev/null 2>&1
+    works "$new" || { echo "rotation job: the new password stopped working" >&2; exit 1; }
+    if works "$old"; then echo "rotation job: the old password is still accepted" >&2; exit 1; fi ;;
+  rollback)
+    current
+    printf 'AUTH %s\nACL SETUSER default resetpass >%s\n' "$cur" "$old" | cli >/dev/null 2>&1
+    works "$old" || { echo "rotation job: evi-state does not accept the old password" >&2; exit 1; } ;;
+  *) echo "rotation job: unknown action $1" >&2; exit 64 ;;
+esac
+echo "rotation job: $1 done"
+"#;
+
+pub const JOB_CONTAINER: &str = "evi-rotate";
+
+fn job_spec(
+    state: &ContainerSpec,
+    from: SecretVersion,
+    to: SecretVersion,
+    action: &str,
+) -> ContainerSpec {
+    let mut labels = owned_labels();
+    labels.insert("io.evi-install.role".into(), "rotation-job".into());
+    ContainerSpec {
+        name: JOB_CONTAINER.to_string(),
+        image: state.image.clone(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            JOB_SCRIPT.into(),
+            "evi-rotate".into(),
+            action.into(),
+        ],
+        user: state.user.clone(),
+        mounts: vec![],
+        secrets: vec![
+            SecretUse::File {
+                secret: from.password_name(),
+                target: "evi-old-password".into(),
+                mode: 0o444,
+            },
+            SecretUse::File {
+                secret: to.password_name(),
+                target: "evi-new-password".into(),
+                mode: 0o444,
+            },
+        ],
+        network: state.network.clone(),
+        aliases: vec![],
+        restart: "no".into(),
+        stop_timeout: 1,
+        config_hash: None,
+        secret_version: None,
+        labels,
+    }
+}
+
+/// Runs the job container to completion and removes it.
+async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
+    engine.remove_container(&spec.name, 1).await?;
+    engine.create_container(spec).await?;
+    let result = async {
+        engine.start_container(&spec.name).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match engine.container_state(&spec.name).await? {
+                Some((state, code)) if state == "exited" || state == "stopped" => {
+                    if code == 0 {
+                        return Ok(());
+                    }
+                    let logs = engine.logs(&spec.name, 10).await.unwrap_or_default();
+                    bail!(
+                        "the rotation job failed (exit code {code}): {}",
+                        redact(logs.trim())
+                    );
+                }
+                None => bail!("the rotation job container disappeared"),
+                _ if Instant::now() >= deadline => {
+                    bail!("the rotation job did not finish within 60s")
+                }
+                _ => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_millis(200));
+        }
+    }
+    .await;
+    engine.remove_container(&spec.name, 1).await?;
+    result
+}
+
+/// Waits until a re-created client runs (or fails, with its logs).
+async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match engine.container_state(name).await? {
+            Some((state, _)) if state == "running" => return Ok(()),
+            Some((state, code)) if state == "exited" || state == "stopped" => {
+                let logs = engine.logs(name, 10).await.unwrap_or_default();
+                bail!(
+                    "{name} exited (code {code}) after re-creation: {}",
+                    redact(logs.trim())
+                );
+            }
+            _ if Instant::now() >= deadline => bail!("{name} did not start within 30s"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The specs of the stack at the two generations.
+pub struct Specs {
+    pub from: Desired,
+    pub to: Desired,
+}
+
+fn spec<'a>(desired: &'a Desired, name: &str) -> Result<&'a ContainerSpec> {
+    desired
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| anyhow!("no spec for {name}"))
+}
+
+/// Test hook: `EVI_INSTALL_TEST_KILL_AFTER=<step key>` kills the process with
+/// SIGKILL right after that step, to prove a rerun recovers from any point.
+fn fault_point(step: &RotStep) {
+    if std::env::var("EVI_INSTALL_TEST_KILL_AFTER").is_ok_and(|k| k == step.key()) {
+        // SAFETY: kill(2) on our own PID has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+pub struct Outcome {
+    pub elapsed: Duration,
+}
+
+/// Runs the rotation. A failure before the old password is revoked rolls back
+/// to it; a later one leaves the new password in force and says how to finish.
+pub async fn execute<E: Engine>(
+    engine: &E,
+    rotation: &Rotation,
+    specs: &Specs,
+    ui: &Ui,
+    ready: Duration,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let state_to = spec(&specs.to, STATE_CONTAINER)?;
+    let mut replaced_clients: Vec<String> = Vec::new();
+    let mut revoked = false;
+    for (i, step) in rotation.steps.iter().enumerate() {
+        let t = Instant::now();
+        let result = run_step(
+            engine,
+            rotation,
+            specs,
+            state_to,
+            step,
+            ready,
+            &mut replaced_clients,
+        )
+        .await;
+        if let Err(e) = result {
+            let failure = format!(
+                "step {} ({step}) failed: {}",
+                i + 1,
+                redact(&format!("{e:#}"))
+            );
+            if revoked || matches!(step, RotStep::ReplaceState | RotStep::RemoveOldSecrets(_)) {
+                bail!(
+                    "{failure}; the new password is in force for the clients (completed forward so far); \
+                     run `evi-install rotate-secret` again to finish"
+                );
+            }
+            if rotation.resuming
+                && !matches!(step, RotStep::AddPassword | RotStep::RemoveIncomplete(_))
+            {
+                bail!("{failure}; run `evi-install rotate-secret` again to finish");
+            }
+            return Err(match rollback(engine, rotation, specs, state_to, &replaced_clients).await {
+                Ok(()) => anyhow!("{failure}; rolled back: the old password is still in force and nothing else changed"),
+                Err(r) => anyhow!(
+                    "{failure}; the roll-back failed too ({}); run `evi-install rotate-secret` again",
+                    redact(&format!("{r:#}"))
+                ),
+            });
+        }
+        if matches!(step, RotStep::RevokeOld) {
+            revoked = true;
+        }
+        ui.info(&format!(
+            "  {}. {step} ({:.1}s)",
+            i + 1,
+            t.elapsed().as_secs_f64()
+        ));
+        fault_point(step);
+    }
+    Ok(Outcome {
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn run_step<E: Engine>(
+    engine: &E,
+    rotation: &Rotation,
+    specs: &Specs,
+    state_to: &ContainerSpec,
+    step: &RotStep,
+    ready: Duration,
+    replaced_clients: &mut Vec<String>,
+) -> Result<()> {
+    let (from, to) = (rotation.from, rotation.to);
+    match step {
+        RotStep::RemoveIncomplete(names) | RotStep::RemoveOldSecrets(names) => {
+            for name in names {
+                engine.remove_secret(name).await?;
+            }
+            Ok(())
+        }
+        RotStep::CreateSecrets => create_secret_pair(engine, to, &Password::generate()?).await,
+        RotStep::AddPassword => run_job(engine, &job_spec(state_to, from, to, "add")).await,
+        RotStep::RevokeOld => run_job(engine, &job_spec(state_to, from, to, "revoke")).await,
+        RotStep::ReplaceClients(names) => {
+            for name in names {
+                let client = spec(&specs.to, name)?;
+                engine.remove_container(name, client.stop_timeout).await?;
+                replaced_clients.push(name.clone());
+                engine.create_container(client).await?;
+                engine.start_container(name).await?;
+                confirm_running(engine, name).await?;
+            }
+            Ok(())
+        }
+        RotStep::ReplaceState => {
+            // A graceful stop (SIGTERM, then up to stop_timeout) lets Valkey finish its AOF.
+            engine
+                .remove_container(STATE_CONTAINER, state_to.stop_timeout)
+                .await?;
+            engine.create_container(state_to).await?;
+            engine.start_container(STATE_CONTAINER).await?;
+            wait_ready(engine, ready).await
+        }
+    }
+}
+
+/// Back to the old password: the server accepts only it, replaced clients go
+/// back to the old URL, the new secrets are removed.
+async fn rollback<E: Engine>(
+    engine: &E,
+    rotation: &Rotation,
+    specs: &Specs,
+    state_to: &ContainerSpec,
+    replaced_clients: &[String],
+) -> Result<()> {
+    run_job(
+        engine,
+        &job_spec(state_to, rotation.from, rotation.to, "rollback"),
+    )
+    .await?;
+    for name in replaced_clients {
+        let client = spec(&specs.from, name)?;
+        engine.remove_container(name, client.stop_timeout).await?;
+        engine.create_container(client).await?;
+        engine.start_container(name).await?;
+    }
+    engine.remove_secret(&rotation.to.url_name()).await?;
+    engine.remove_secret(&rotation.to.password_name()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENTS: [&str; 2] = ["evi-be", "evi-worker"];
+
+    fn secret(name: &str) -> ObservedResource {
+        ObservedResource {
+            name: name.into(),
+            labels: owned_labels(),
+        }
+    }
+
+    fn container(name: &str, version: u32) -> (String, ObservedContainer) {
+        let mut labels = owned_labels();
+        labels.insert(SECRET_VERSION_LABEL.into(), version.to_string());
+        (
+            name.into(),
+            ObservedContainer {
+                name: name.into(),
+                labels,
+                running: true,
+                state: "running".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn host(secrets: &[&str], versions: [u32; 3]) -> Observed {
+        Observed {
+            secrets: secrets.iter().map(|s| secret(s)).collect(),
+            containers: [
+                container("evi-state", versions[0]),
+                container("evi-be", versions[1]),
+                container("evi-worker", versions[2]),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn keys(r: &Rotation) -> Vec<&'static str> {
+        r.steps.iter().map(RotStep::key).collect()
+    }
+
+    const V1: [&str; 2] = ["evi-state-password-v1", "evi-valkey-url-v1"];
+
+    #[test]
+    fn a_fresh_rotation_takes_every_step_in_order() {
+        let r = plan_rotation(&host(&V1, [1, 1, 1]), &CLIENTS).unwrap();
+        assert_eq!(
+            (r.from, r.to, r.resuming),
+            (SecretVersion(1), SecretVersion(2), false)
+        );
+        assert_eq!(
+            keys(&r),
+            [
+                "create-secrets",
+                "add-password",
+                "replace-clients",
+                "revoke-old",
+                "replace-state",
+                "remove-old-secrets"
+            ]
+        );
+    }
+
+    #[test]
+    fn interrupted_rotations_resume_where_they_stopped() {
+        let both = [
+            "evi-state-password-v1",
+            "evi-valkey-url-v1",
+            "evi-state-password-v2",
+            "evi-valkey-url-v2",
+        ];
+        // Killed after the new secrets (or after adding the password): everything after.
+        let r = plan_rotation(&host(&both, [1, 1, 1]), &CLIENTS).unwrap();
+        assert_eq!((r.to, r.resuming), (SecretVersion(2), true));
+        assert_eq!(
+            keys(&r),
+            [
+                "add-password",
+                "replace-clients",
+                "revoke-old",
+                "replace-state",
+                "remove-old-secrets"
+            ]
+        );
+        // Killed half-way through the clients: only the lagging one is replaced.
+        let r = plan_rotation(&host(&both, [1, 2, 1]), &CLIENTS).unwrap();
+        assert_eq!(
+            r.steps[1],
+            RotStep::ReplaceClients(vec!["evi-worker".into()])
+        );
+        // Killed after evi-state moved: just the clean-up.
+        let r = plan_rotation(&host(&both, [2, 2, 2]), &CLIENTS).unwrap();
+        assert_eq!(
+            r.steps,
+            [RotStep::RemoveOldSecrets(V1.map(String::from).to_vec())]
+        );
+        // Killed between the two new secrets: drop the orphan, rotate afresh past it.
+        let r = plan_rotation(
+            &host(
+                &[
+                    "evi-state-password-v1",
+                    "evi-valkey-url-v1",
+                    "evi-valkey-url-v2",
+                ],
+                [1, 1, 1],
+            ),
+            &CLIENTS,
+        )
+        .unwrap();
+        assert_eq!(
+            r.steps[0],
+            RotStep::RemoveIncomplete(vec!["evi-valkey-url-v2".into()])
+        );
+        assert_eq!((r.to, r.resuming), (SecretVersion(3), false));
+    }
+
+    #[test]
+    fn nothing_to_rotate_without_a_running_stack() {
+        assert!(plan_rotation(&Observed::default(), &CLIENTS)
+            .unwrap_err()
+            .contains("run `evi-install up` first"));
+        let mut h = host(&V1, [1, 1, 1]);
+        h.containers.get_mut("evi-state").unwrap().running = false;
+        assert!(plan_rotation(&h, &CLIENTS)
+            .unwrap_err()
+            .contains("not running"));
+    }
+
+    #[test]
+    fn the_job_script_expands_passwords_only_in_builtins() {
+        for line in JOB_SCRIPT
+            .lines()
+            .filter(|l| l.contains("$old") || l.contains("$new") || l.contains("$cur"))
+        {
+            let uses_only_builtins = line.contains("printf")
+                || line.contains("works \"$")
+                || line.contains("[ -z")
+                || line.contains("cur=$");
+            assert!(uses_only_builtins, "a password may reach argv in: {line}");
+        }
+    }
+}
