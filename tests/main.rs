@@ -6,4 +6,5 @@
 
 mod cli;
 mod e2e;
+mod rotation;
 mod support;

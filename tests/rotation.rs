@@ -1,0 +1,303 @@
+//! End-to-end tests of `rotate-secret` on real Podman: clients that keep
+//! writing through the rotation, the data that must survive, and a SIGKILL
+//! after every step followed by a rerun.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+use crate::support::*;
+
+/// The clients' command: a loop of XADD and read-back with the VALKEY_URL
+/// they were given, reconnecting for every command, logging each result with
+/// a millisecond timestamp to stdout (read back through `podman logs`).
+const CLIENT_LOOP: &str = r#"pw=${VALKEY_URL#redis://:}; export REDISCLI_AUTH=${pw%@*}
+trap 'exit 0' TERM
+i=0
+while :; do
+  i=$((i+1)); t=$(date +%s%3N)
+  if id=$(valkey-cli --no-auth-warning -e -h evi-state XADD stream:rotation '*' by "$HOSTNAME" i "$i" 2>&1); then
+    if back=$(valkey-cli --no-auth-warning -e -h evi-state XRANGE stream:rotation "$id" "$id" 2>&1) && [ -n "$back" ]; then
+      echo "ok $t $id"
+    else
+      echo "fail $t read-back: $back" | tr '\n' ' '; echo
+    fi
+  else
+    echo "fail $t $id" | tr '\n' ' '; echo
+  fi
+  sleep 0.02
+done"#;
+
+/// Settings whose clients run `CLIENT_LOOP` (the images stay the test image).
+fn looping_site() -> Site {
+    let site = Site::new("");
+    let image = &site.podman.valkey_image;
+    let quoted = serde_json::to_string(CLIENT_LOOP).unwrap();
+    let yaml = format!(
+        "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sh, -c, {quoted}] }}\n  evi-worker: {{ image: {image}, command: [sh, -c, {quoted}] }}\n",
+        site.state_dir().display()
+    );
+    std::fs::write(site.settings(), yaml).unwrap();
+    site
+}
+
+fn state_cli(command: &str) -> String {
+    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e {command}");
+    podman_ok(&["exec", "evi-state", "sh", "-c", &script])
+        .trim()
+        .to_string()
+}
+
+/// What the password `pw` gets from evi-state, asked from inside evi-be.
+fn ping_with(pw: &str) -> String {
+    let script =
+        "IFS= read -r p; REDISCLI_AUTH=$p valkey-cli --no-auth-warning -h evi-state ping 2>&1";
+    let mut child = Command::new("podman")
+        .args(["exec", "-i", "evi-be", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{pw}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn seed_data() {
+    state_cli("xgroup create stream:tasks:email workers 0 mkstream");
+    state_cli("xadd stream:tasks:email '*' type welcome");
+    state_cli("xadd stream:tasks:email '*' type reset");
+    state_cli("xreadgroup group workers c1 count 1 streams stream:tasks:email '>'");
+    state_cli("hset cache:db:settings theme dark");
+    state_cli("expire cache:db:settings 3600");
+    state_cli("set op:plain value");
+}
+
+fn assert_data_intact() {
+    assert_eq!(state_cli("xlen stream:tasks:email"), "2");
+    assert!(
+        state_cli("xpending stream:tasks:email workers").starts_with('1'),
+        "one pending entry"
+    );
+    assert_eq!(state_cli("hget cache:db:settings theme"), "dark");
+    let ttl: i64 = state_cli("ttl cache:db:settings").parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "the hash keeps its TTL: {ttl}");
+    assert_eq!(state_cli("get op:plain"), "value");
+}
+
+fn our_secrets() -> Vec<String> {
+    podman_ok(&["secret", "ls", "--format", "{{.Name}}"])
+        .lines()
+        .filter(|n| n.starts_with("evi-"))
+        .map(String::from)
+        .collect()
+}
+
+fn follow_logs(name: &str) -> Child {
+    Command::new("podman")
+        .args(["logs", "-f", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
+    let _lock = host_lock();
+    reset_host();
+    let site = looping_site();
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    seed_data();
+    let old = site.password();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let dry = site.evi().args(["rotate-secret", "--dry-run"]).run();
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(
+        dry.stdout.contains("6. remove the old secrets"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(site.password(), old, "the dry run changed nothing");
+
+    let followers = [follow_logs("evi-be"), follow_logs("evi-worker")];
+    let rotate = site.evi().args(["rotate-secret"]).run();
+    assert_eq!(rotate.code, 0, "{}", rotate.all());
+    println!("{}", rotate.stdout);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+
+    // Old containers' logs end when they are removed; the new ones are read whole.
+    let mut per_client: Vec<(&str, String)> = Vec::new();
+    for (name, mut f) in ["evi-be", "evi-worker"].into_iter().zip(followers) {
+        let _ = f.kill();
+        let mut text = String::new();
+        f.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        text.push_str(&podman_ok(&["logs", name]));
+        per_client.push((name, text));
+    }
+    let log: String = per_client.iter().map(|(_, t)| t.as_str()).collect();
+
+    let new = site.password();
+    assert_ne!(new, old);
+    assert_eq!(ping_with(&new), "PONG");
+    assert!(
+        ping_with(&old).contains("WRONGPASS"),
+        "the old password is revoked"
+    );
+    assert_eq!(our_secrets().len(), 2, "{:?}", our_secrets());
+    assert_data_intact();
+    assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
+
+    let failures: Vec<&str> = log.lines().filter(|l| l.starts_with("fail")).collect();
+    let auth_failures: Vec<&&str> = failures
+        .iter()
+        .filter(|l| l.contains("AUTH") || l.contains("WRONGPASS") || l.contains("NOAUTH"))
+        .collect();
+    // The longest time one client went without a successful write, the
+    // re-creation of that client included.
+    let longest_gap = per_client
+        .iter()
+        .map(|(_, text)| {
+            let mut times: Vec<u64> = text
+                .lines()
+                .filter(|l| l.starts_with("ok "))
+                .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
+                .collect();
+            times.sort();
+            times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    let acked: BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("ok "))
+        .filter_map(|l| l.split(' ').nth(2))
+        .collect();
+    let stored = state_cli("xrange stream:rotation - +");
+    let lost: Vec<&&str> = acked.iter().filter(|id| !stored.contains(**id)).collect();
+    println!(
+        "rotation: {} acknowledged writes, {} failed commands ({} auth), longest gap a client saw {} ms",
+        acked.len(),
+        failures.len(),
+        auth_failures.len(),
+        longest_gap
+    );
+    assert!(
+        acked.len() > 20,
+        "the clients were writing: {}",
+        acked.len()
+    );
+    assert!(
+        auth_failures.is_empty(),
+        "authentication failures: {auth_failures:?}"
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    for (what, out) in [("dry run", &dry), ("rotate-secret", &rotate)] {
+        assert!(
+            !out.all().contains(&old) && !out.all().contains(&new),
+            "a password leaked into {what}"
+        );
+    }
+}
+
+#[test]
+fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
+    let _lock = host_lock();
+    let steps = [
+        "create-secrets",
+        "add-password",
+        "replace-clients",
+        "revoke-old",
+        "replace-state",
+        "remove-old-secrets",
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        reset_host();
+        let site = Site::new("");
+        assert_eq!(site.up(&[]).code, 0);
+        seed_data();
+        let old = site.password();
+
+        let killed = site
+            .evi()
+            .env("EVI_INSTALL_TEST_KILL_AFTER", step)
+            .args(["rotate-secret"])
+            .run();
+        assert_eq!(
+            killed.code,
+            -1,
+            "{step}: killed by a signal: {}",
+            killed.all()
+        );
+
+        // Alternate the repair: rotate-secret again, or a plain up.
+        let repair = if i % 2 == 0 {
+            site.evi().args(["rotate-secret"]).run()
+        } else {
+            site.up(&[])
+        };
+        assert_eq!(repair.code, 0, "{step}: {}", repair.all());
+
+        let current = site.password();
+        assert_eq!(ping_with(&current), "PONG", "{step}");
+        let url = podman_ok(&["exec", "evi-be", "sh", "-c", "printf %s \"$VALKEY_URL\""]);
+        assert_eq!(
+            url,
+            format!("redis://:{current}@evi-state:6379"),
+            "{step}: evi-be holds the server's password"
+        );
+        if current != old {
+            assert!(
+                ping_with(&old).contains("WRONGPASS"),
+                "{step}: exactly one password works"
+            );
+        }
+        assert_eq!(
+            our_secrets().len(),
+            2,
+            "{step}: one generation of secrets: {:?}",
+            our_secrets()
+        );
+        assert_data_intact();
+        assert_eq!(
+            site.up(&["--dry-run", "--detailed-exitcode"]).code,
+            0,
+            "{step}: converged"
+        );
+    }
+}
+
+#[test]
+fn a_held_host_lock_makes_a_second_run_wait_then_fail_naming_the_holder() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    std::fs::create_dir_all(site.state_dir()).unwrap();
+    let lock_file = site.state_dir().join(".evi-install.lock");
+    std::fs::write(&lock_file, "pid=4242 command=rotate-secret\n").unwrap();
+    let mut holder = Command::new("flock")
+        .arg(&lock_file)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = site.evi().args(["--lock-timeout", "1", "up"]).run();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains("pid=4242 command=rotate-secret"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--lock-timeout"), "{}", out.stderr);
+    assert_eq!(
+        podman(&["container", "exists", "evi-state"]).code,
+        1,
+        "nothing was created"
+    );
+}
