@@ -646,6 +646,101 @@ mod tests {
         assert_eq!((r.to, r.resuming), (SecretVersion(3), false));
     }
 
+    use crate::engine::fake::FakeEngine;
+    use crate::settings::from_yaml;
+
+    /// A converged v1 stack in the fake engine, and the specs for v1 and v2.
+    fn fake_stack(fail_on: &str) -> (FakeEngine, Specs) {
+        let yaml = "services: { evi-be: { image: app }, evi-worker: { image: app } }";
+        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), yaml)), None).unwrap();
+        let specs = Specs {
+            from: crate::desired::build(&settings, "port 6379\n", SecretVersion(1)),
+            to: crate::desired::build(&settings, "port 6379\n", SecretVersion(2)),
+        };
+        let mut engine = FakeEngine {
+            fail_on: Some(fail_on.to_string()),
+            ..Default::default()
+        };
+        let host = engine.host.get_mut().unwrap();
+        host.secrets = V1.iter().map(|s| secret(s)).collect();
+        for c in &specs.from.containers {
+            let observed = ObservedContainer {
+                name: c.name.clone(),
+                labels: c.labels.clone(),
+                running: true,
+                state: "running".into(),
+                ..Default::default()
+            };
+            host.containers.insert(c.name.clone(), observed);
+        }
+        (engine, specs)
+    }
+
+    fn quiet() -> Ui {
+        Ui {
+            quiet: true,
+            verbose: 0,
+            color: false,
+            tty: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_revoke_rolls_back_to_the_old_password() {
+        let (engine, specs) = fake_stack("create container evi-worker");
+        let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
+        let err = execute(&engine, &rotation, &specs, &quiet(), Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("step 3")
+                && text.contains("rolled back: the old password is still in force"),
+            "{text}"
+        );
+        let host = engine.host.lock().unwrap().clone();
+        let names: Vec<&str> = host.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, V1, "the new secrets are gone");
+        let be = &host.containers["evi-be"];
+        assert_eq!(
+            label_version(&be.labels),
+            Some(SecretVersion(1)),
+            "evi-be is back on the old URL"
+        );
+        assert!(
+            engine
+                .calls()
+                .iter()
+                .any(|c| c == "create container evi-rotate"),
+            "the rollback job ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_revoke_completes_forward_and_says_so() {
+        let (engine, specs) = fake_stack("remove secret evi-state-password-v1");
+        let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
+        let err = execute(&engine, &rotation, &specs, &quiet(), Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("the new password is in force")
+                && text.contains("run `evi-install rotate-secret` again"),
+            "{text}"
+        );
+        let host = engine.host.lock().unwrap().clone();
+        assert_eq!(
+            label_version(&host.containers["evi-state"].labels),
+            Some(SecretVersion(2))
+        );
+        // The rerun finishes the clean-up only.
+        let again = plan_rotation(&host, &CLIENTS).unwrap();
+        assert_eq!(keys(&again), ["remove-old-secrets"]);
+    }
+
     #[test]
     fn nothing_to_rotate_without_a_running_stack() {
         assert!(plan_rotation(&Observed::default(), &CLIENTS)

@@ -15,14 +15,17 @@ pub struct FakeEngine {
     pub calls: Mutex<Vec<String>>,
     /// Stored secret values by name, to check what a container would see.
     pub secret_values: Mutex<Vec<(String, String)>>,
-    /// A call whose description starts with this fails.
+    /// The first call whose description starts with this fails (once).
     pub fail_on: Option<String>,
+    pub failed: Mutex<bool>,
 }
 
 impl FakeEngine {
     fn record(&self, call: String) -> Result<()> {
         if let Some(prefix) = &self.fail_on {
-            if call.starts_with(prefix.as_str()) {
+            let mut failed = self.failed.lock().unwrap();
+            if call.starts_with(prefix.as_str()) && !*failed {
+                *failed = true;
                 bail!("{call}: injected failure");
             }
         }
@@ -115,8 +118,10 @@ impl Engine for FakeEngine {
     async fn start_container(&self, name: &str) -> Result<()> {
         self.record(format!("start container {name}"))?;
         if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
-            c.running = true;
-            c.state = "running".into();
+            // A job container (rotate-secret's) runs to completion at once.
+            let job = c.labels.contains_key("io.evi-install.role");
+            c.running = !job;
+            c.state = if job { "exited" } else { "running" }.into();
         }
         Ok(())
     }
