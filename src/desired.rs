@@ -15,6 +15,11 @@ use crate::settings::{Service, Settings};
 /// and the here-document are shell built-ins; `exec` leaves valkey-server as
 /// PID 1 so it receives SIGTERM and shuts down cleanly).
 ///
+/// The container starts as root only to read the secret, which is mounted
+/// 0400 root: no process of the running server, which `setpriv` drops to the
+/// image's `valkey` user (as the official image's entrypoint does), can read
+/// the secret file again.
+///
 /// It fails closed: a missing, empty or malformed secret stops the start,
 /// because `valkey-server CONF -` with an empty stdin would run with no password.
 pub const STATE_START_SCRIPT: &str = r#"set -eu
@@ -30,13 +35,14 @@ case "$pw" in
     echo "evi-state: password secret is empty or malformed; refusing to start without a password" >&2
     exit 78 ;;
 esac
-exec valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
+set --
+if [ "$(id -u)" = 0 ] && id valkey >/dev/null 2>&1 && command -v setpriv >/dev/null; then
+  set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
+fi
+exec "$@" valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
 requirepass $pw
 EOF
 "#;
-
-/// The user Valkey runs as: both the official image and Debian's package create it.
-pub const VALKEY_USER: &str = "valkey";
 
 /// Builds the desired state for these settings and this password generation.
 pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired {
@@ -45,7 +51,8 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         name: STATE_CONTAINER.to_string(),
         image: settings.services.evi_state.image.clone(),
         command: vec!["sh".into(), "-c".into(), STATE_START_SCRIPT.into()],
-        user: Some(VALKEY_USER.to_string()),
+        // Root only until the start script has read the secret; see STATE_START_SCRIPT.
+        user: None,
         mounts: vec![
             Mount::Bind {
                 source: config_path.clone(),
@@ -60,8 +67,8 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         secrets: vec![SecretUse::File {
             secret: version.password_name(),
             target: PASSWORD_SECRET_TARGET.to_string(),
-            // Readable by the container's user, whose uid differs between images.
-            mode: 0o444,
+            // Root-only: the start script reads it before dropping to `valkey`.
+            mode: 0o400,
         }],
         network: settings.network.clone(),
         aliases: vec![STATE_CONTAINER.to_string()],

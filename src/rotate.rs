@@ -293,12 +293,12 @@ fn job_spec(
             SecretUse::File {
                 secret: from.password_name(),
                 target: "evi-old-password".into(),
-                mode: 0o444,
+                mode: 0o400,
             },
             SecretUse::File {
                 secret: to.password_name(),
                 target: "evi-new-password".into(),
-                mode: 0o444,
+                mode: 0o400,
             },
         ],
         network: state.network.clone(),

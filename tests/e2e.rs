@@ -112,6 +112,34 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
         url
     );
 
+    // The secret file is root-only, and the server itself runs as `valkey`, so
+    // nothing in the running server can read it again.
+    assert_eq!(
+        podman_ok(&[
+            "exec",
+            "evi-state",
+            "stat",
+            "-c",
+            "%a %U",
+            "/run/secrets/evi-state-password"
+        ])
+        .trim(),
+        "400 root"
+    );
+    assert_eq!(
+        podman_ok(&["exec", "evi-state", "stat", "-c", "%U", "/proc/1"]).trim(),
+        "valkey"
+    );
+    let as_valkey = podman(&[
+        "exec",
+        "--user",
+        "valkey",
+        "evi-state",
+        "cat",
+        "/run/secrets/evi-state-password",
+    ]);
+    assert_ne!(as_valkey.code, 0, "the valkey user cannot read the secret");
+
     // No published port anywhere; evi-state is on evi-net only.
     for name in ["evi-state", "evi-be", "evi-worker"] {
         assert_eq!(
@@ -211,8 +239,6 @@ fn the_server_refuses_to_start_without_a_usable_password() {
         let mut args = vec![
             "run".to_string(),
             "--rm".into(),
-            "--user".into(),
-            "valkey".into(),
             "-v".into(),
             format!("{}:/usr/local/etc/valkey/valkey.conf:ro", conf.display()),
         ];
