@@ -100,9 +100,26 @@ pub enum Command {
     /// Stop and remove the containers and the network; keep data, secrets and config
     #[command(after_help = DOWN_EXAMPLES)]
     Down(DownArgs),
+    /// Show each resource, whether it matches the settings, and evi-state's health
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
     /// Change the Valkey password with no refused client and no lost data
     #[command(name = "rotate-secret", after_help = ROTATE_EXAMPLES)]
     RotateSecret(RotateArgs),
+}
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  evi-install status                  Resources, drift, memory, AOF and key counts
+  evi-install status --output json    The same as JSON
+
+Exit codes: 0 healthy and matching the settings, 1 degraded, drifted or unreachable.";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 const ROTATE_EXAMPLES: &str = "\

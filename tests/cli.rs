@@ -18,6 +18,7 @@ fn help_of_every_command() {
         ("help_up", vec!["up", "--help"]),
         ("help_down", vec!["down", "--help"]),
         ("help_rotate", vec!["rotate-secret", "--help"]),
+        ("help_status", vec!["status", "--help"]),
     ] {
         let out = evi_in(&dir).args(&args).run();
         assert_eq!(out.code, 0, "{name}: {}", out.stderr);

@@ -521,3 +521,82 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
     assert_eq!(podman(&["network", "exists", "evi-net"]).code, 0);
     reset_host();
 }
+
+#[test]
+fn status_reports_health_drift_and_the_seed_guide_warnings() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("valkey:\n  maxmemory: 2mb\n");
+    assert_eq!(site.up(&[]).code, 0);
+    let status = |args: &[&str]| site.evi().args(["status"]).args(args).run();
+
+    let out = status(&[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("Status: healthy"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("AOF      on, last rewrite ok"),
+        "{}",
+        out.stdout
+    );
+
+    state_cli("set cache:db:settings x ex 300");
+    state_cli("set op:ratelimit:1 5");
+    state_cli("xadd stream:tasks:email '*' type welcome");
+    state_cli("expire stream:tasks:email 600");
+    let doc: serde_json::Value =
+        serde_json::from_str(&status(&["--output", "json"]).stdout).unwrap();
+    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["valkey"]["keys_cache_db"], 1);
+    assert_eq!(doc["valkey"]["keys_op"], 1);
+    assert_eq!(doc["valkey"]["keys_stream"], 1);
+    assert_eq!(doc["valkey"]["maxmemory"], 2 * 1024 * 1024);
+    assert_eq!(doc["healthy"], false, "a stream with a TTL is a warning");
+    assert!(doc["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("stream `stream:tasks:email` has a TTL"));
+    state_cli("persist stream:tasks:email");
+
+    // Memory nearly full of keys without a TTL: the OOM warning.
+    let fill =
+        "eval \"for i=1,1400 do redis.call('SET','op:fill:'..i, string.rep('x',1000)) end\" 0";
+    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning {fill}");
+    podman(&["exec", "evi-state", "sh", "-c", &script]);
+    let out = status(&[]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout.contains("OOM command not allowed"),
+        "{}",
+        out.stdout
+    );
+
+    // Drift: a container gone, the config edited by hand.
+    podman_ok(&["rm", "-f", "-t", "0", "evi-worker"]);
+    let conf = site.state_dir().join("valkey/valkey.conf");
+    let edited = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("maxmemory 2mb", "maxmemory 3mb");
+    std::fs::write(&conf, edited).unwrap();
+    let out = status(&["--output", "json"]);
+    assert_eq!(out.code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let find = |name: &str| {
+        doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str().unwrap().ends_with(name))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(find("evi-worker")["state"], "missing");
+    assert_eq!(
+        find("valkey.conf")["drift"],
+        "content differs from the settings"
+    );
+    assert_eq!(
+        find("evi-state")["matches"],
+        true,
+        "the running server was made from the settings"
+    );
+}

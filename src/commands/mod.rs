@@ -3,6 +3,7 @@
 mod down;
 mod render;
 mod rotate;
+mod status;
 mod up;
 
 use anyhow::Result;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Render(args) => render::run(&settings, &args, &ui),
         Command::Up(args) => runtime()?.block_on(up::run(&settings, &ctx, &args, &ui)),
         Command::Down(args) => runtime()?.block_on(down::run(&settings, &ctx, &args, &ui)),
+        Command::Status(args) => runtime()?.block_on(status::run(&settings, &ctx, &args, &ui)),
         Command::RotateSecret(args) => {
             runtime()?.block_on(rotate::run(&settings, &ctx, &args, &ui))
         }

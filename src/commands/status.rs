@@ -1,0 +1,313 @@
+//! `evi-install status`: what is on the host, whether it matches the
+//! settings, and how evi-state is doing (memory, AOF, evictions, keys).
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{observe, Host};
+use crate::cli::{OutputFormat, StatusArgs};
+use crate::desired;
+use crate::engine::Engine;
+use crate::exit;
+use crate::model::*;
+use crate::plan::{check_ownership, plan, secret_version_for, PlanError};
+use crate::render::valkey_conf;
+use crate::settings::Settings;
+use crate::ui::Ui;
+
+#[derive(Debug, Serialize)]
+struct Resource {
+    kind: Kind,
+    name: String,
+    /// `present`, `running`, `stopped`, `missing`, `foreign`.
+    state: String,
+    owned: bool,
+    matches: bool,
+    /// What differs from the settings, when it does not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct ValkeyHealth {
+    used_memory: u64,
+    maxmemory: u64,
+    aof_enabled: bool,
+    aof_last_rewrite_status: String,
+    aof_last_write_status: String,
+    evicted_keys: u64,
+    keys_cache_db: u64,
+    keys_op: u64,
+    keys_stream: u64,
+    keys_other: u64,
+    streams_with_ttl: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    format_version: &'static str,
+    healthy: bool,
+    resources: Vec<Resource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valkey: Option<ValkeyHealth>,
+    warnings: Vec<String>,
+}
+
+/// INFO and key counts from inside evi-state; the password goes from the
+/// mounted secret into valkey-cli's environment, never into arguments.
+const HEALTH_SCRIPT: &str = r##"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)"; export REDISCLI_AUTH
+cli() { valkey-cli --no-auth-warning -e "$@"; }
+cli INFO || exit 1
+echo "# evi-keys"
+cli --scan | awk '/^cache:db:/{c++; next} /^op:/{o++; next} /^stream:/{s++; next} {x++} END{printf "keys_cache_db:%d\r\nkeys_op:%d\r\nkeys_stream:%d\r\nkeys_other:%d\r\n", c, o, s, x}'
+cli --scan --pattern 'stream:*' | while IFS= read -r key; do
+  [ "$(cli TTL "$key")" -ge 0 ] && printf 'stream_with_ttl:%s\r\n' "$key"
+done
+exit 0
+"##;
+
+pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -> Result<u8> {
+    let engine = host.connect().await?;
+    let observed = observe(&engine, settings).await?;
+    let conf = valkey_conf(settings)?;
+    let mut warnings = Vec::new();
+    let mut resources = resources(settings, &conf, &observed);
+
+    let state_running = observed
+        .containers
+        .get(STATE_CONTAINER)
+        .is_some_and(|c| c.running && c.owned());
+    let valkey = if state_running {
+        match health(&engine).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warnings.push(format!("cannot read evi-state's INFO: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(h) = &valkey {
+        if h.maxmemory > 0 && h.used_memory * 10 > h.maxmemory * 9 {
+            warnings.push(format!(
+                "evi-state uses {} of its {} limit: when memory is full of keys without a TTL every write fails \
+                 with `OOM command not allowed`, XADD included",
+                human(h.used_memory),
+                human(h.maxmemory)
+            ));
+        }
+        if !h.aof_enabled && settings.valkey.appendonly {
+            warnings.push("AOF is off although the settings turn it on".to_string());
+        }
+        if h.aof_last_rewrite_status != "ok" || h.aof_last_write_status != "ok" {
+            warnings.push(format!(
+                "the last AOF rewrite or write failed (rewrite: {}, write: {}); check the disk under the evi-state-data volume",
+                h.aof_last_rewrite_status, h.aof_last_write_status
+            ));
+        }
+        for key in &h.streams_with_ttl {
+            warnings.push(format!(
+                "stream `{key}` has a TTL: under volatile-* eviction it can be evicted with its queued tasks; `PERSIST {key}`"
+            ));
+        }
+    }
+    resources.sort_by_key(|r| (r.kind, r.name.clone()));
+    let healthy = resources.iter().all(|r| r.matches) && warnings.is_empty();
+    let report = Report {
+        format_version: "1",
+        healthy,
+        resources,
+        valkey,
+        warnings,
+    };
+    match args.output {
+        OutputFormat::Json => ui.result(&serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => ui.result(&text(&report)),
+    }
+    Ok(if healthy { exit::OK } else { exit::ERROR })
+}
+
+/// Every resource with its state and drift, from the same planner `up` uses.
+fn resources(settings: &Settings, conf: &str, observed: &Observed) -> Vec<Resource> {
+    let wanted = desired::build(settings, conf, secret_version_for(observed));
+    let mut out = Vec::new();
+    // Foreign resources are reported, and planning goes on without them.
+    let mut observed = observed.clone();
+    while let Err(PlanError::Foreign { kind, name }) = check_ownership(&wanted, &observed) {
+        out.push(Resource {
+            kind,
+            name: name.clone(),
+            state: "foreign".into(),
+            owned: false,
+            matches: false,
+            drift: Some("not created by evi-install".into()),
+        });
+        match kind {
+            Kind::Container => drop(observed.containers.remove(&name)),
+            Kind::Network => observed.network = None,
+            Kind::Volume => observed.volume = None,
+            _ => observed.secrets.retain(|s| s.name != name),
+        }
+    }
+    let Ok(the_plan) = plan(&wanted, &observed) else {
+        return out;
+    };
+    for step in the_plan.steps {
+        if out.iter().any(|r| r.name == step.name) {
+            continue;
+        }
+        let container = observed
+            .containers
+            .get(&step.name)
+            .filter(|_| step.kind == Kind::Container);
+        let state = match (step.verb, container) {
+            (Verb::Create, _) => "missing",
+            (_, Some(c)) if c.running => "running",
+            (_, Some(_)) => "stopped",
+            _ => "present",
+        };
+        let matches = step.verb == Verb::Keep;
+        let drift = (!matches).then(|| match step.verb {
+            Verb::Create => "missing".to_string(),
+            Verb::Remove => format!("not wanted: {}", step.reason),
+            _ => step.reason.clone(),
+        });
+        out.push(Resource {
+            kind: step.kind,
+            name: step.name,
+            state: state.into(),
+            owned: state != "missing",
+            matches,
+            drift,
+        });
+    }
+    out
+}
+
+async fn health<E: Engine>(engine: &E) -> Result<ValkeyHealth> {
+    let out = engine
+        .exec(STATE_CONTAINER, &["sh", "-c", HEALTH_SCRIPT], &[])
+        .await?;
+    if out.exit_code != 0 {
+        anyhow::bail!("{}{}", out.stdout.trim(), out.stderr.trim());
+    }
+    Ok(parse_info(&out.stdout))
+}
+
+/// Reads the `key:value` lines of INFO (and of the key counts).
+fn parse_info(text: &str) -> ValkeyHealth {
+    let mut h = ValkeyHealth::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.trim_end_matches('\r').split_once(':') else {
+            continue;
+        };
+        let num = || value.parse::<u64>().unwrap_or(0);
+        match key {
+            "used_memory" => h.used_memory = num(),
+            "maxmemory" => h.maxmemory = num(),
+            "aof_enabled" => h.aof_enabled = value == "1",
+            "aof_last_bgrewrite_status" => h.aof_last_rewrite_status = value.to_string(),
+            "aof_last_write_status" => h.aof_last_write_status = value.to_string(),
+            "evicted_keys" => h.evicted_keys = num(),
+            "keys_cache_db" => h.keys_cache_db = num(),
+            "keys_op" => h.keys_op = num(),
+            "keys_stream" => h.keys_stream = num(),
+            "keys_other" => h.keys_other = num(),
+            "stream_with_ttl" => h.streams_with_ttl.push(value.to_string()),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// Bytes for people: `812.3 KiB`, `1.0 GiB`.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+fn text(report: &Report) -> String {
+    let mut out = String::from("Resources:\n");
+    for r in &report.resources {
+        let verdict = match &r.drift {
+            None => "matches".to_string(),
+            Some(d) => format!("differs: {d}"),
+        };
+        out.push_str(&format!(
+            "  {:<9} {:<46} {:<8} {verdict}\n",
+            r.kind.as_str(),
+            r.name,
+            r.state
+        ));
+    }
+    if let Some(h) = &report.valkey {
+        let percent = (h.used_memory * 100).checked_div(h.maxmemory).unwrap_or(0);
+        out.push_str("\nevi-state:\n");
+        out.push_str(&format!(
+            "  memory   {} used of {} ({percent}%)\n",
+            human(h.used_memory),
+            human(h.maxmemory)
+        ));
+        out.push_str(&format!(
+            "  AOF      {}, last rewrite {}, last write {}\n",
+            if h.aof_enabled { "on" } else { "off" },
+            h.aof_last_rewrite_status,
+            h.aof_last_write_status
+        ));
+        out.push_str(&format!("  evicted  {} keys\n", h.evicted_keys));
+        out.push_str(&format!(
+            "  keys     cache:db: {}, op: {}, stream: {}, other: {}\n",
+            h.keys_cache_db, h.keys_op, h.keys_stream, h.keys_other
+        ));
+    }
+    for w in &report.warnings {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    if !report.warnings.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(if report.healthy {
+        "\nStatus: healthy. The host matches the settings."
+    } else {
+        "\nStatus: degraded or drifted. Run `evi-install up --dry-run` to see what `up` would change."
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_lines_are_parsed() {
+        let h = parse_info(
+            "# Memory\r\nused_memory:1048576\r\nmaxmemory:1073741824\r\naof_enabled:1\r\naof_last_bgrewrite_status:ok\r\n\
+             evicted_keys:3\r\n# evi-keys\r\nkeys_stream:2\r\nstream_with_ttl:stream:tasks:x\r\n",
+        );
+        assert_eq!(
+            (h.used_memory, h.maxmemory, h.aof_enabled, h.evicted_keys),
+            (1 << 20, 1 << 30, true, 3)
+        );
+        assert_eq!(h.aof_last_rewrite_status, "ok");
+        assert_eq!(h.keys_stream, 2);
+        assert_eq!(h.streams_with_ttl, ["stream:tasks:x"]);
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1 << 30), "1.0 GiB");
+        assert_eq!(human(836_560), "817.0 KiB");
+    }
+}
