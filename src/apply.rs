@@ -51,11 +51,19 @@ pub struct Options {
 pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) -> Result<Report> {
     ensure_images(engine, plan, ui).await?;
     let mut report = Report::default();
-    for step in &plan.steps {
+    let describe = |s: &Step| format!("{} {} {}", verb_word(s.verb), s.kind.as_str(), s.name);
+    let mut finished: Vec<String> = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
         if step.verb == Verb::Keep {
             report.unchanged += 1;
             continue;
         }
+        let not_done: Vec<String> = plan.steps[i..]
+            .iter()
+            .filter(|s| s.verb != Verb::Keep)
+            .map(describe)
+            .collect();
+        crate::interrupt::check(&finished, &not_done)?;
         let started = Instant::now();
         apply_step(engine, step, ui, opts).await.map_err(|e| {
             anyhow!(
@@ -89,6 +97,8 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
             step.name,
             started.elapsed().as_secs_f64()
         ));
+        finished.push(describe(step));
+        crate::interrupt::test_delay().await;
     }
     Ok(report)
 }

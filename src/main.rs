@@ -9,6 +9,7 @@ mod commands;
 mod desired;
 mod engine;
 mod fsutil;
+mod interrupt;
 mod lock;
 mod model;
 mod plan;
@@ -51,7 +52,10 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             ui::print_error(&format!("{e:#}"));
-            ExitCode::from(exit::ERROR)
+            match e.downcast_ref::<interrupt::Interrupted>() {
+                Some(interrupted) => ExitCode::from(interrupted.exit_code()),
+                None => ExitCode::from(exit::ERROR),
+            }
         }
     }
 }

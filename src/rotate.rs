@@ -408,6 +408,9 @@ pub async fn execute<E: Engine>(
     let mut replaced_clients: Vec<String> = Vec::new();
     let mut revoked = false;
     for (i, step) in rotation.steps.iter().enumerate() {
+        let done: Vec<String> = rotation.steps[..i].iter().map(|s| s.to_string()).collect();
+        let not_done: Vec<String> = rotation.steps[i..].iter().map(|s| s.to_string()).collect();
+        crate::interrupt::check(&done, &not_done)?;
         let t = Instant::now();
         let result = run_step(
             engine,
@@ -453,6 +456,7 @@ pub async fn execute<E: Engine>(
             t.elapsed().as_secs_f64()
         ));
         fault_point(step);
+        crate::interrupt::test_delay().await;
     }
     Ok(Outcome {
         elapsed: started.elapsed(),

@@ -301,3 +301,86 @@ fn a_held_host_lock_makes_a_second_run_wait_then_fail_naming_the_holder() {
         "nothing was created"
     );
 }
+
+/// Starts `evi-install` with a pause after each action, waits for the first
+/// finished action, sends `signal`, and returns (exit code, stdout, stderr).
+fn interrupt_after_first_action(
+    site: &Site,
+    args: &[&str],
+    signal: &str,
+    marker: &str,
+) -> (i32, String, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
+        .current_dir(site.dir.path())
+        .env("NO_COLOR", "1")
+        .env("EVI_INSTALL_TEST_STEP_DELAY_MS", "1500")
+        .args(["--podman-url", &site.podman.url])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains(marker) {
+            Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .unwrap();
+            break;
+        }
+    }
+    stdout.read_to_string(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, seen, stderr)
+}
+
+#[test]
+fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+
+    let (code, stdout, stderr) = interrupt_after_first_action(&site, &["up"], "INT", "created (");
+    assert_eq!(code, 130, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT") && stderr.contains("not done: create"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("file") && !stdout.contains("Apply complete"),
+        "{stdout}"
+    );
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
+
+    let old = site.password();
+    let (code, stdout, stderr) =
+        interrupt_after_first_action(&site, &["rotate-secret"], "TERM", "1. create");
+    assert_eq!(code, 143, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM")
+            && stderr.contains("not done: make the running evi-state"),
+        "{stderr}"
+    );
+    let again = site.evi().args(["rotate-secret"]).run();
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_ne!(site.password(), old);
+    assert_eq!(our_secrets().len(), 2);
+    assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
+}

@@ -47,9 +47,14 @@ impl Host {
         crate::engine::podman::PodmanEngine::connect(&url).await
     }
 
-    /// Takes the host lock for `command` (see `lock.rs`).
+    /// Takes the host lock for `command` (see `lock.rs`). From then on, until
+    /// the process ends, Ctrl-C and SIGTERM stop the run between actions
+    /// rather than inside one (see `interrupt.rs`).
     pub async fn lock(&self, settings: &Settings, command: &str) -> Result<crate::lock::HostLock> {
-        crate::lock::HostLock::acquire(&settings.state_dir, command, self.lock_timeout).await
+        let lock =
+            crate::lock::HostLock::acquire(&settings.state_dir, command, self.lock_timeout).await?;
+        crate::interrupt::watch();
+        Ok(lock)
     }
 }
 

@@ -1,0 +1,88 @@
+//! Ctrl-C and SIGTERM: the action in progress is finished, the rest is not
+//! started, and the run exits 130 or 143 after saying what was done.
+//!
+//! Once `watch` has run, the signals no longer kill the process; the walkers
+//! of plans (`apply`, `rotate`) call `check` between actions.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Starts listening for SIGINT and SIGTERM. Call inside the tokio runtime.
+pub fn watch() {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, number) in [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+    ] {
+        if let Ok(mut stream) = signal(kind) {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    RECEIVED.store(number, Ordering::SeqCst);
+                }
+            });
+        }
+    }
+}
+
+/// The run was interrupted; `done` and `not_done` describe where it stopped.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub done: Vec<String>,
+    pub not_done: Vec<String>,
+}
+
+impl Interrupted {
+    /// 128 + the signal number, as shells report it.
+    pub fn exit_code(&self) -> u8 {
+        (128 + self.signal) as u8
+    }
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        write!(
+            f,
+            "interrupted by {name} after finishing the action in progress"
+        )?;
+        if !self.done.is_empty() {
+            write!(f, "; done: {}", self.done.join(", "))?;
+        }
+        if !self.not_done.is_empty() {
+            write!(f, "; not done: {}", self.not_done.join(", "))?;
+        }
+        write!(f, "; run the same command again to finish")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Fails with `Interrupted` if a signal has arrived.
+pub fn check(done: &[String], not_done: &[String]) -> Result<(), Interrupted> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        signal => Err(Interrupted {
+            signal,
+            done: done.to_vec(),
+            not_done: not_done.to_vec(),
+        }),
+    }
+}
+
+/// Test hook: `EVI_INSTALL_TEST_STEP_DELAY_MS` pauses after each action, so a
+/// test can interrupt a run at a known point.
+pub async fn test_delay() {
+    if let Some(ms) = std::env::var("EVI_INSTALL_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
