@@ -491,6 +491,15 @@ fn validate_valkey(valkey: &Valkey, origin: &str) -> Result<(), SettingsError> {
             "set a limit below the host's memory, e.g. `1gb`",
         ));
     }
+    if valkey.auto_aof_rewrite_percentage > i32::MAX as u32 {
+        // Valkey reads it as an int and refuses to start above this.
+        return Err(SettingsError::new(
+            origin,
+            Some("valkey.auto_aof_rewrite_percentage"),
+            format!("{} is more than Valkey accepts (2147483647)", valkey.auto_aof_rewrite_percentage),
+            "use a percentage such as 100, or 0 to turn automatic rewrites off",
+        ));
+    }
     Ok(())
 }
 
@@ -660,6 +669,8 @@ mod tests {
 
     #[test]
     fn semantic_checks() {
+        let e = parse("valkey: { auto_aof_rewrite_percentage: 4294967295 }").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("valkey.auto_aof_rewrite_percentage"));
         assert_eq!(
             parse("valkey: { maxmemory: 0 }")
                 .unwrap_err()
