@@ -103,7 +103,9 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     Ok(report)
 }
 
-async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()> {
+/// Makes sure every image the plan runs is in local storage, pulling what is
+/// missing; fails with the fix when one cannot be had.
+pub async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()> {
     let mut images: Vec<&str> = plan
         .steps
         .iter()

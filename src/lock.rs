@@ -64,10 +64,12 @@ impl HostLock {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "pid={} command={command}", std::process::id())?;
-        file.sync_all()?;
+        // Who holds the lock is only information for a waiting run: failing to
+        // record it (a full disk, say) must not stop this one.
+        let _ = file
+            .set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| writeln!(file, "pid={} command={command}", std::process::id()));
         Ok(HostLock { _file: file })
     }
 }

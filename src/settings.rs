@@ -496,7 +496,10 @@ fn validate_valkey(valkey: &Valkey, origin: &str) -> Result<(), SettingsError> {
         return Err(SettingsError::new(
             origin,
             Some("valkey.auto_aof_rewrite_percentage"),
-            format!("{} is more than Valkey accepts (2147483647)", valkey.auto_aof_rewrite_percentage),
+            format!(
+                "{} is more than Valkey accepts (2147483647)",
+                valkey.auto_aof_rewrite_percentage
+            ),
             "use a percentage such as 100, or 0 to turn automatic rewrites off",
         ));
     }

@@ -64,6 +64,10 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         return Ok(exit::OK);
     }
 
+    // Images come before the lock: a bad image reference must fail before the
+    // lock file (or anything else) is written.
+    apply::ensure_images(&engine, &document.plan, ui).await?;
+
     // Changes ahead: take the host lock, then look again, since another run may
     // have changed the host while this one waited.
     let _lock = ctx.lock(settings, "up").await?;
