@@ -14,10 +14,13 @@ fn settings_with(site: &Site, extra: &str) {
     site.write_settings(extra);
 }
 
+/// Prepares the host for a case and returns the arguments for `evi-install`.
+type Setup = Box<dyn Fn(&Site) -> Vec<String>>;
+
 struct Case {
     name: &'static str,
     /// Prepares the host and returns the arguments for `evi-install`.
-    setup: Box<dyn Fn(&Site) -> Vec<String>>,
+    setup: Setup,
     /// Text the one-line error must contain (the problem and the fix).
     expect: &'static [&'static str],
     /// Run as an unprivileged user (`nobody`).
