@@ -172,6 +172,7 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
         Change::RemoveSecret => engine.remove_secret(&step.name).await,
         Change::RemoveNetwork => engine.remove_network(&step.name).await,
         Change::RemoveVolume => engine.remove_volume(&step.name).await,
+        Change::EnableUnit => crate::boot::enable(&step.name),
         Change::RemoveFile => match std::fs::remove_file(&step.name) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow!(
                 "cannot remove {}: {}",

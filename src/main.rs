@@ -4,6 +4,7 @@
 //! (on one line, secrets redacted) and maps it to an exit code.
 
 mod apply;
+mod boot;
 mod cli;
 mod commands;
 mod desired;

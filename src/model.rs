@@ -29,6 +29,9 @@ pub const DATA_VOLUME: &str = "evi-state-data";
 pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";
 pub const PASSWORD_SECRET_TARGET: &str = "evi-state-password";
 pub const URL_ENV: &str = "VALKEY_URL";
+/// Podman's own unit that starts every container with restart policy
+/// `always` at boot: on Podman 4.3 (no Quadlet) it is what brings the stack back.
+pub const BOOT_UNIT: &str = "podman-restart.service";
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -177,6 +180,8 @@ pub struct Observed {
     pub secrets: Vec<ObservedResource>,
     /// Containers under our names, by name.
     pub containers: BTreeMap<String, ObservedContainer>,
+    /// Whether `podman-restart.service` is enabled; `None` without systemd.
+    pub boot_unit_enabled: Option<bool>,
 }
 
 impl Observed {
@@ -211,6 +216,8 @@ pub enum Kind {
     Network,
     Volume,
     Container,
+    /// A systemd unit.
+    Unit,
 }
 
 impl Kind {
@@ -221,6 +228,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Volume => "volume",
             Kind::Container => "container",
+            Kind::Unit => "unit",
         }
     }
 }
@@ -254,6 +262,8 @@ pub enum Change {
     RemoveVolume,
     /// Delete the config file (`down --purge`).
     RemoveFile,
+    /// `systemctl enable` a unit.
+    EnableUnit,
     Keep,
 }
 

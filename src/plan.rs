@@ -138,6 +138,19 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         ));
     }
 
+    if observed.boot_unit_enabled == Some(false) {
+        let reason = "brings the containers back after a reboot";
+        steps.push(step(
+            Kind::Unit,
+            BOOT_UNIT,
+            Verb::Create,
+            reason,
+            Change::EnableUnit,
+        ));
+    } else if observed.boot_unit_enabled == Some(true) {
+        steps.push(keep(Kind::Unit, BOOT_UNIT));
+    }
+
     for name in &desired.unwanted_containers {
         if observed.containers.contains_key(name) {
             steps.push(step(
@@ -408,6 +421,7 @@ mod tests {
                     (c.name.clone(), o)
                 })
                 .collect(),
+            boot_unit_enabled: None,
         }
     }
 
@@ -611,6 +625,27 @@ mod tests {
         assert!(!plan_down(&Observed::default(), "evi-net", "/s", true)
             .0
             .has_changes());
+    }
+
+    #[test]
+    fn with_systemd_the_boot_unit_is_enabled_like_any_resource() {
+        let d = app();
+        let mut o = converged(&d);
+        assert!(
+            !plan(&d, &o)
+                .unwrap()
+                .steps
+                .iter()
+                .any(|s| s.kind == Kind::Unit),
+            "no systemd, no unit"
+        );
+        o.boot_unit_enabled = Some(false);
+        assert_eq!(
+            summary(&plan(&d, &o).unwrap()),
+            ["Create unit podman-restart.service"]
+        );
+        o.boot_unit_enabled = Some(true);
+        assert!(!plan(&d, &o).unwrap().has_changes());
     }
 
     #[test]

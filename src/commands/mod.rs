@@ -69,6 +69,7 @@ async fn observe<E: crate::engine::Engine>(
         .observe(&settings.network, DATA_VOLUME, &names)
         .await?;
     observed.config = crate::fsutil::read_optional(&settings.config_path())?;
+    observed.boot_unit_enabled = crate::boot::unit_enabled(crate::model::BOOT_UNIT);
     Ok(observed)
 }
 

@@ -98,6 +98,9 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         );
     }
     ui.result(&report.summary(started.elapsed()));
+    if !crate::boot::systemd_running() {
+        ui.info(crate::boot::NO_SYSTEMD_NOTE);
+    }
     Ok(if args.detailed_exitcode {
         exit::CHANGES
     } else {

@@ -237,6 +237,7 @@ impl Engine for PodmanEngine {
             volume,
             secrets,
             containers: containers.into_iter().collect(),
+            ..Observed::default()
         })
     }
 
