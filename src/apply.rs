@@ -258,15 +258,6 @@ mod tests {
     use crate::plan::plan;
     use crate::settings::from_yaml;
 
-    fn ui() -> Ui {
-        Ui {
-            quiet: true,
-            verbose: 0,
-            color: false,
-            tty: false,
-        }
-    }
-
     #[tokio::test]
     async fn fresh_apply_runs_in_order_and_converges() {
         let tmp = tempfile::tempdir().unwrap();
@@ -281,7 +272,7 @@ mod tests {
         let opts = Options {
             ready_timeout: Duration::from_secs(1),
         };
-        let report = apply(&engine, &p, &ui(), &opts).await.unwrap();
+        let report = apply(&engine, &p, &Ui::silent(), &opts).await.unwrap();
         assert_eq!(report.created, 6);
         assert_eq!(
             engine.calls(),
@@ -323,7 +314,7 @@ mod tests {
         let err = apply(
             &engine,
             &p,
-            &ui(),
+            &Ui::silent(),
             &Options {
                 ready_timeout: Duration::from_secs(1),
             },

@@ -680,23 +680,20 @@ mod tests {
         (engine, specs)
     }
 
-    fn quiet() -> Ui {
-        Ui {
-            quiet: true,
-            verbose: 0,
-            color: false,
-            tty: false,
-        }
-    }
-
     #[tokio::test]
     async fn a_failure_before_the_revoke_rolls_back_to_the_old_password() {
         let (engine, specs) = fake_stack("create container evi-worker");
         let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
-        let err = execute(&engine, &rotation, &specs, &quiet(), Duration::from_secs(1))
-            .await
-            .err()
-            .unwrap();
+        let err = execute(
+            &engine,
+            &rotation,
+            &specs,
+            &Ui::silent(),
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .unwrap();
         let text = format!("{err:#}");
         assert!(
             text.contains("step 3")
@@ -725,10 +722,16 @@ mod tests {
     async fn a_failure_after_the_revoke_completes_forward_and_says_so() {
         let (engine, specs) = fake_stack("remove secret evi-state-password-v1");
         let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
-        let err = execute(&engine, &rotation, &specs, &quiet(), Duration::from_secs(1))
-            .await
-            .err()
-            .unwrap();
+        let err = execute(
+            &engine,
+            &rotation,
+            &specs,
+            &Ui::silent(),
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .unwrap();
         let text = format!("{err:#}");
         assert!(
             text.contains("the new password is in force")

@@ -34,6 +34,17 @@ impl Ui {
         }
     }
 
+    /// Prints nothing but results: for tests of code that reports progress.
+    #[cfg(test)]
+    pub fn silent() -> Ui {
+        Ui {
+            quiet: true,
+            verbose: 0,
+            color: false,
+            tty: false,
+        }
+    }
+
     /// Wraps `text` in an ANSI style when colour is on.
     pub fn paint(&self, style: Style, text: &str) -> String {
         if !self.color {

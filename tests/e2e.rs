@@ -3,15 +3,6 @@
 
 use crate::support::*;
 
-/// Runs valkey-cli inside evi-state, authenticated from the mounted secret
-/// (the password never appears in any argument list).
-fn state_cli(command: &str) -> String {
-    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e {command}");
-    podman_ok(&["exec", "evi-state", "sh", "-c", &script])
-        .trim()
-        .to_string()
-}
-
 fn container_id(name: &str) -> String {
     podman_ok(&["inspect", name, "--format", "{{.Id}}"])
         .trim()

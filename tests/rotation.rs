@@ -41,13 +41,6 @@ fn looping_site() -> Site {
     site
 }
 
-fn state_cli(command: &str) -> String {
-    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e {command}");
-    podman_ok(&["exec", "evi-state", "sh", "-c", &script])
-        .trim()
-        .to_string()
-}
-
 /// What the password `pw` gets from evi-state, asked from inside evi-be.
 fn ping_with(pw: &str) -> String {
     let script =

@@ -221,3 +221,14 @@ pub fn snapshot_podman() -> String {
     }
     out
 }
+
+/// Runs valkey-cli inside evi-state, authenticated from the mounted secret
+/// (the password never appears in any argument list).
+pub fn state_cli(command: &str) -> String {
+    let script = format!(
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e {command}"
+    );
+    podman_ok(&["exec", "evi-state", "sh", "-c", &script])
+        .trim()
+        .to_string()
+}
