@@ -98,7 +98,9 @@ fi
 if ! flock --nonblock "$HOST_LOCK" true; then
     bench_log "waiting for $HOST_LOCK (another run is using the evi-* resources)"
 fi
-flock "$HOST_LOCK" "$VENV/bin/python" bench/bench.py \
+# -o: the lock's descriptor is closed for the child, so a daemon that Podman
+# starts from inside the run (aardvark-dns) cannot keep holding the lock.
+flock -o "$HOST_LOCK" "$VENV/bin/python" bench/bench.py \
     --runs "$runs" \
     --bin "$bin" \
     --podman-compose "$(pwd)/$VENV/bin/podman-compose" \
