@@ -154,12 +154,14 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
                 .await
         }
         Change::CreateContainer { spec } => run_container(engine, spec, ui, opts).await,
-        Change::ReplaceContainer { spec } => {
+        // Two Valkeys must never share the data volume: evi-state goes first.
+        Change::ReplaceContainer { spec } if spec.name == STATE_CONTAINER => {
             engine
                 .remove_container(&spec.name, spec.stop_timeout)
                 .await?;
             run_container(engine, spec, ui, opts).await
         }
+        Change::ReplaceContainer { spec } => replace_client(engine, spec).await,
         Change::StartContainer => {
             engine.start_container(&step.name).await?;
             if step.name == STATE_CONTAINER {
@@ -197,6 +199,47 @@ async fn run_container<E: Engine>(
         wait_ready(engine, opts.ready_timeout).await?;
     }
     Ok(())
+}
+
+/// Replaces a client without a moment in which it is absent: the successor
+/// starts under a temporary name first, then the old container goes and the
+/// successor takes its name.
+///
+/// Starting the successor first also gives it a new address. Re-created at
+/// once, it would reuse the old one, and on Podman 4.3 (netavark 1.4) the old
+/// container's conntrack entries then swallow its DNS queries for up to a
+/// minute, so the client could not find evi-state.
+pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Result<()> {
+    let next = successor_name(&client.name);
+    let mut successor = client.clone();
+    successor.name = next.clone();
+    engine.remove_container(&next, 1).await?;
+    engine.create_container(&successor).await?;
+    engine.start_container(&next).await?;
+    confirm_running(engine, &next).await?;
+    engine
+        .remove_container(&client.name, client.stop_timeout)
+        .await?;
+    engine.rename_container(&next, &client.name).await
+}
+
+/// Waits until a re-created client runs (or fails, with its logs).
+pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match engine.container_state(name).await? {
+            Some((state, _)) if state == "running" => return Ok(()),
+            Some((state, code)) if state == "exited" || state == "stopped" => {
+                let logs = engine.logs(name, 10).await.unwrap_or_default();
+                bail!(
+                    "{name} exited (code {code}) after re-creation: {}",
+                    redact(logs.trim())
+                );
+            }
+            _ if Instant::now() >= deadline => bail!("{name} did not start within 30s"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// Asks evi-state for an authenticated PING until it answers PONG. The

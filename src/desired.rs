@@ -91,6 +91,8 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
             }
             None => unwanted.push(name.to_string()),
         }
+        // Left over if a rotation was killed between starting a successor and the swap.
+        unwanted.push(successor_name(name));
     }
 
     Desired {
@@ -217,13 +219,16 @@ mod tests {
                 }]
             );
         }
-        assert!(d.unwanted_containers.is_empty());
+        assert_eq!(d.unwanted_containers, ["evi-be-next", "evi-worker-next"]);
         let d = build(
             &settings("services: { evi-be: { image: app } }"),
             "",
             SecretVersion(1),
         );
-        assert_eq!(d.unwanted_containers, ["evi-worker"]);
+        assert_eq!(
+            d.unwanted_containers,
+            ["evi-be-next", "evi-worker", "evi-worker-next"]
+        );
     }
 
     #[test]

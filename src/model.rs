@@ -25,6 +25,11 @@ pub const BACKEND_CONTAINER: &str = "evi-be";
 pub const WORKER_CONTAINER: &str = "evi-worker";
 pub const DATA_VOLUME: &str = "evi-state-data";
 
+/// The name a replacement client runs under until the old one is gone.
+pub fn successor_name(name: &str) -> String {
+    format!("{name}-next")
+}
+
 /// Where evi-state finds its config and its password inside the container.
 pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";
 pub const PASSWORD_SECRET_TARGET: &str = "evi-state-password";

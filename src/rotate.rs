@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::apply::wait_ready;
+use crate::apply::{replace_client, wait_ready};
 use crate::desired::owned_labels;
 use crate::engine::{create_secret_pair, Engine};
 use crate::model::*;
@@ -346,25 +346,6 @@ async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
     result
 }
 
-/// Waits until a re-created client runs (or fails, with its logs).
-async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match engine.container_state(name).await? {
-            Some((state, _)) if state == "running" => return Ok(()),
-            Some((state, code)) if state == "exited" || state == "stopped" => {
-                let logs = engine.logs(name, 10).await.unwrap_or_default();
-                bail!(
-                    "{name} exited (code {code}) after re-creation: {}",
-                    redact(logs.trim())
-                );
-            }
-            _ if Instant::now() >= deadline => bail!("{name} did not start within 30s"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 /// The specs of the stack at the two generations.
 pub struct Specs {
     pub from: Desired,
@@ -485,12 +466,8 @@ async fn run_step<E: Engine>(
         RotStep::RevokeOld => run_job(engine, &job_spec(state_to, from, to, "revoke")).await,
         RotStep::ReplaceClients(names) => {
             for name in names {
-                let client = spec(&specs.to, name)?;
-                engine.remove_container(name, client.stop_timeout).await?;
+                replace_client(engine, spec(&specs.to, name)?).await?;
                 replaced_clients.push(name.clone());
-                engine.create_container(client).await?;
-                engine.start_container(name).await?;
-                confirm_running(engine, name).await?;
             }
             Ok(())
         }
@@ -521,10 +498,7 @@ async fn rollback<E: Engine>(
     )
     .await?;
     for name in replaced_clients {
-        let client = spec(&specs.from, name)?;
-        engine.remove_container(name, client.stop_timeout).await?;
-        engine.create_container(client).await?;
-        engine.start_container(name).await?;
+        replace_client(engine, spec(&specs.from, name)?).await?;
     }
     engine.remove_secret(&rotation.to.url_name()).await?;
     engine.remove_secret(&rotation.to.password_name()).await

@@ -63,8 +63,20 @@ async fn observe<E: crate::engine::Engine>(
     engine: &E,
     settings: &Settings,
 ) -> Result<crate::model::Observed> {
-    use crate::model::{BACKEND_CONTAINER, DATA_VOLUME, STATE_CONTAINER, WORKER_CONTAINER};
-    let names = [STATE_CONTAINER, BACKEND_CONTAINER, WORKER_CONTAINER];
+    use crate::model::{
+        successor_name, BACKEND_CONTAINER, DATA_VOLUME, STATE_CONTAINER, WORKER_CONTAINER,
+    };
+    let (be_next, worker_next) = (
+        successor_name(BACKEND_CONTAINER),
+        successor_name(WORKER_CONTAINER),
+    );
+    let names = [
+        STATE_CONTAINER,
+        BACKEND_CONTAINER,
+        WORKER_CONTAINER,
+        &be_next,
+        &worker_next,
+    ];
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
         .await?;

@@ -126,6 +126,16 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn rename_container(&self, name: &str, new_name: &str) -> Result<()> {
+        self.record(format!("rename container {name} {new_name}"))?;
+        let mut host = self.host.lock().unwrap();
+        if let Some(mut c) = host.containers.remove(name) {
+            c.name = new_name.to_string();
+            host.containers.insert(new_name.to_string(), c);
+        }
+        Ok(())
+    }
+
     async fn remove_container(&self, name: &str, _timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
         self.host.lock().unwrap().containers.remove(name);

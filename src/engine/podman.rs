@@ -401,6 +401,15 @@ impl Engine for PodmanEngine {
             .map_err(|e| fault(&format!("start container {name}"), e))
     }
 
+    async fn rename_container(&self, name: &str, new_name: &str) -> Result<()> {
+        self.podman
+            .containers()
+            .get(name)
+            .rename(new_name)
+            .await
+            .map_err(|e| fault(&format!("rename container {name} to {new_name}"), e))
+    }
+
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         let container = self.podman.containers().get(name);
         let opts = ContainerDeleteOpts::builder()
