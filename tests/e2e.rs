@@ -83,23 +83,27 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     }
 
     // From evi-be: PONG with the password from VALKEY_URL, NOAUTH without.
-    let ping = podman_ok(&[
-        "exec",
-        "evi-be",
-        "sh",
-        "-c",
-        "pw=${VALKEY_URL#redis://:}; REDISCLI_AUTH=${pw%@*} valkey-cli --no-auth-warning -h evi-state ping",
-    ]);
-    assert_eq!(ping.trim(), "PONG");
-    let anonymous = podman(&[
-        "exec",
-        "evi-be",
-        "valkey-cli",
-        "-e",
-        "-h",
-        "evi-state",
-        "ping",
-    ]);
+    let ping = until_reachable(|| {
+        podman(&[
+            "exec",
+            "evi-be",
+            "sh",
+            "-c",
+            "pw=${VALKEY_URL#redis://:}; REDISCLI_AUTH=${pw%@*} valkey-cli --no-auth-warning -h evi-state ping 2>&1",
+        ])
+    });
+    assert_eq!(ping.stdout.trim(), "PONG", "{}", ping.all());
+    let anonymous = until_reachable(|| {
+        podman(&[
+            "exec",
+            "evi-be",
+            "valkey-cli",
+            "-e",
+            "-h",
+            "evi-state",
+            "ping",
+        ])
+    });
     assert!(anonymous.all().contains("NOAUTH"), "{}", anonymous.all());
     assert_ne!(anonymous.code, 0);
     // The worker gets the same URL.

@@ -43,18 +43,12 @@ fn looping_site() -> Site {
 
 /// What the password `pw` gets from evi-state, asked from inside evi-be.
 fn ping_with(pw: &str) -> String {
-    // A connection error is not an answer: a freshly created container can
-    // wait for Podman's DNS (aardvark-dns) before `evi-state` resolves, so
-    // ask again, within a bound, until the server itself answers.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let answer = ping_once(pw);
-        let unreachable = answer.contains("Could not connect") || answer.is_empty();
-        if !unreachable || std::time::Instant::now() >= deadline {
-            return answer;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    until_reachable(|| Output {
+        code: 0,
+        stdout: ping_once(pw),
+        stderr: String::new(),
+    })
+    .stdout
 }
 
 fn ping_once(pw: &str) -> String {

@@ -232,3 +232,19 @@ pub fn state_cli(command: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// Runs `ask` until its answer is not a connection error, for at most 90 s.
+/// A freshly created container can wait for Podman 4.3's DNS (aardvark-dns
+/// 1.4) before `evi-state` resolves; that is Podman's delay, not an answer.
+pub fn until_reachable(ask: impl Fn() -> Output) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let out = ask();
+        let text = out.all();
+        let unreachable = text.contains("Could not connect") || text.trim().is_empty();
+        if !unreachable || std::time::Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
