@@ -654,21 +654,26 @@ mod tests {
         (engine, specs)
     }
 
-    #[tokio::test]
-    async fn a_failure_before_the_revoke_rolls_back_to_the_old_password() {
-        let (engine, specs) = fake_stack("create container evi-worker");
+    /// Runs a rotation on the fake stack with one injected failure; returns
+    /// the engine afterwards and the error's text.
+    async fn failed_rotation(fail_on: &str) -> (FakeEngine, String) {
+        let (engine, specs) = fake_stack(fail_on);
         let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
-        let err = execute(
+        let result = execute(
             &engine,
             &rotation,
             &specs,
             &Ui::silent(),
             Duration::from_secs(1),
         )
-        .await
-        .err()
-        .unwrap();
-        let text = format!("{err:#}");
+        .await;
+        let text = format!("{:#}", result.err().expect("the injected failure surfaces"));
+        (engine, text)
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_revoke_rolls_back_to_the_old_password() {
+        let (engine, text) = failed_rotation("create container evi-worker").await;
         assert!(
             text.contains("step 3")
                 && text.contains("rolled back: the old password is still in force"),
@@ -694,19 +699,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_after_the_revoke_completes_forward_and_says_so() {
-        let (engine, specs) = fake_stack("remove secret evi-state-password-v1");
-        let rotation = plan_rotation(&engine.host.lock().unwrap().clone(), &CLIENTS).unwrap();
-        let err = execute(
-            &engine,
-            &rotation,
-            &specs,
-            &Ui::silent(),
-            Duration::from_secs(1),
-        )
-        .await
-        .err()
-        .unwrap();
-        let text = format!("{err:#}");
+        let (engine, text) = failed_rotation("remove secret evi-state-password-v1").await;
         assert!(
             text.contains("the new password is in force")
                 && text.contains("run `evi-install rotate-secret` again"),
