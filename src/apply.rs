@@ -162,14 +162,7 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             run_container(engine, spec, ui, opts).await
         }
         Change::ReplaceContainer { spec } => replace_client(engine, spec).await,
-        Change::StartContainer => {
-            engine.start_container(&step.name).await?;
-            if step.name == STATE_CONTAINER {
-                let _spinner = ui.spinner("waiting for evi-state to answer an authenticated PING");
-                wait_ready(engine, opts.ready_timeout).await?;
-            }
-            Ok(())
-        }
+        Change::StartContainer => start(engine, &step.name, ui, opts).await,
         Change::RemoveContainer => engine.remove_container(&step.name, 10).await,
         Change::RemoveSecret => engine.remove_secret(&step.name).await,
         Change::RemoveNetwork => engine.remove_network(&step.name).await,
@@ -193,12 +186,47 @@ async fn run_container<E: Engine>(
     opts: &Options,
 ) -> Result<()> {
     engine.create_container(spec).await?;
-    engine.start_container(&spec.name).await?;
-    if spec.name == STATE_CONTAINER {
+    start(engine, &spec.name, ui, opts).await
+}
+
+/// Starts a container; for evi-state, also waits until it answers.
+async fn start<E: Engine>(engine: &E, name: &str, ui: &Ui, opts: &Options) -> Result<()> {
+    engine.start_container(name).await?;
+    if name == STATE_CONTAINER {
         let _spinner = ui.spinner("waiting for evi-state to answer an authenticated PING");
         wait_ready(engine, opts.ready_timeout).await?;
     }
     Ok(())
+}
+
+/// Polls with a short first pause that grows, so a fast answer is seen at
+/// once and a slow one does not flood Podman with requests.
+pub struct Poll {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Poll {
+    pub fn new(timeout: Duration) -> Poll {
+        Poll {
+            deadline: Instant::now() + timeout,
+            pause: Duration::from_millis(20),
+        }
+    }
+
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 3 / 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Podman's words for a container that is no longer running.
+pub fn has_stopped(state: &str) -> bool {
+    state == "exited" || state == "stopped"
 }
 
 /// Replaces a client without a moment in which it is absent: the successor
@@ -225,19 +253,19 @@ pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Re
 
 /// Waits until a re-created client runs (or fails, with its logs).
 pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut poll = Poll::new(Duration::from_secs(30));
     loop {
         match engine.container_state(name).await? {
             Some((state, _)) if state == "running" => return Ok(()),
-            Some((state, code)) if state == "exited" || state == "stopped" => {
+            Some((state, code)) if has_stopped(&state) => {
                 let logs = engine.logs(name, 10).await.unwrap_or_default();
                 bail!(
                     "{name} exited (code {code}) after re-creation: {}",
                     redact(logs.trim())
                 );
             }
-            _ if Instant::now() >= deadline => bail!("{name} did not start within 30s"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ if poll.expired() => bail!("{name} did not start within 30s"),
+            _ => poll.pause().await,
         }
     }
 }
@@ -248,13 +276,12 @@ pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
 pub const PING_SCRIPT: &str = r#"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" exec valkey-cli --no-auth-warning -e ping"#;
 
 pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    // Short polls first: a local Valkey is usually up within a few tens of ms.
-    let mut pause = Duration::from_millis(20);
+    // A local Valkey is usually up within a few tens of ms.
+    let mut poll = Poll::new(timeout);
     let mut last;
     loop {
         match engine.container_state(STATE_CONTAINER).await? {
-            Some((state, code)) if state == "exited" || state == "stopped" => {
+            Some((state, code)) if has_stopped(&state) => {
                 let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
                 bail!(
                     "evi-state exited at start (exit code {code}); its last log lines:\n{}",
@@ -272,7 +299,7 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
             Ok(out) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
             Err(e) => last = format!("{e:#}"),
         }
-        if Instant::now() >= deadline {
+        if poll.expired() {
             let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
             bail!(
                 "evi-state did not answer an authenticated PING within {}s (last answer: {}); its last log lines:\n{}",
@@ -281,8 +308,7 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
                 indent(&redact(&logs))
             );
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(Duration::from_millis(250));
+        poll.pause().await;
     }
 }
 

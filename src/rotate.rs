@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::apply::{replace_client, wait_ready};
+use crate::apply::{has_stopped, replace_client, wait_ready, Poll};
 use crate::desired::owned_labels;
 use crate::engine::{create_secret_pair, Engine};
 use crate::model::*;
@@ -317,11 +317,10 @@ async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
     engine.create_container(spec).await?;
     let result = async {
         engine.start_container(&spec.name).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut pause = Duration::from_millis(20);
+        let mut poll = Poll::new(Duration::from_secs(60));
         loop {
             match engine.container_state(&spec.name).await? {
-                Some((state, code)) if state == "exited" || state == "stopped" => {
+                Some((state, code)) if has_stopped(&state) => {
                     if code == 0 {
                         return Ok(());
                     }
@@ -332,13 +331,9 @@ async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
                     );
                 }
                 None => bail!("the rotation job container disappeared"),
-                _ if Instant::now() >= deadline => {
-                    bail!("the rotation job did not finish within 60s")
-                }
-                _ => {}
+                _ if poll.expired() => bail!("the rotation job did not finish within 60s"),
+                _ => poll.pause().await,
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_millis(200));
         }
     }
     .await;
