@@ -77,10 +77,31 @@ pub fn test_podman() -> TestPodman {
 }
 
 /// The end-to-end tests share one host and fixed resource names (evi-state,
-/// evi-net, ...), so they take turns.
-pub fn host_lock() -> MutexGuard<'static, ()> {
+/// evi-net, ...), so they take turns: within this process through a mutex, and
+/// with other processes (a second test run, `bench/run.sh`) through an flock on
+/// `/tmp/evi-host.lock`, held until the guard is dropped.
+pub struct HostGuard {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+pub fn host_lock() -> HostGuard {
+    use std::os::fd::AsRawFd;
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/evi-host.lock")
+        .expect("open /tmp/evi-host.lock");
+    // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock /tmp/evi-host.lock failed");
+    HostGuard {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 /// Runs the podman CLI (same storage as the service) and returns its output.
