@@ -143,9 +143,21 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             let password = Password::generate()?;
             create_secret_pair(engine, *version, &password).await
         }
-        Change::CreateNetwork => {
+        Change::CreateNetwork { spec } => {
             engine
-                .create_network(&step.name, &crate::desired::owned_labels())
+                .create_network(&step.name, &crate::desired::owned_labels(), spec)
+                .await
+        }
+        Change::ReplaceNetwork { spec, containers } => {
+            // Podman cannot change a network's subnet: everything on it goes,
+            // and the container steps that follow create it again.
+            for name in containers {
+                let timeout = if name == STATE_CONTAINER { 30 } else { 10 };
+                engine.remove_container(name, timeout).await?;
+            }
+            engine.remove_network(&step.name).await?;
+            engine
+                .create_network(&step.name, &crate::desired::owned_labels(), spec)
                 .await
         }
         Change::CreateVolume => {
@@ -242,6 +254,13 @@ pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Re
     let mut successor = client.clone();
     successor.name = next.clone();
     engine.remove_container(&next, 1).await?;
+    // The successor takes the fixed address its predecessor does not hold.
+    if let Some(held) = engine
+        .container_address(&client.name, &client.network)
+        .await?
+    {
+        successor.addresses.retain(|a| *a != held);
+    }
     engine.create_container(&successor).await?;
     engine.start_container(&next).await?;
     confirm_running(engine, &next).await?;
@@ -367,6 +386,34 @@ mod tests {
         let mut host = engine.host.lock().unwrap().clone();
         host.config = std::fs::read_to_string(settings.config_path()).ok();
         assert!(!plan(&desired, &host).unwrap().has_changes());
+    }
+
+    #[tokio::test]
+    async fn a_successor_takes_the_address_its_predecessor_does_not_hold() {
+        let settings = from_yaml(
+            Some((
+                std::path::Path::new("evi.yaml"),
+                "services: { evi-be: { image: app } }",
+            )),
+            None,
+        )
+        .unwrap();
+        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let be = &desired.containers[1];
+        let [first, second] = [be.addresses[0], be.addresses[1]];
+        for (held, expected) in [(Some(first), second), (Some(second), first), (None, first)] {
+            let engine = FakeEngine::default();
+            if let Some(ip) = held {
+                engine.addresses.lock().unwrap().insert("evi-be".into(), ip);
+            }
+            replace_client(&engine, be).await.unwrap();
+            let created = engine.created.lock().unwrap().clone();
+            assert_eq!(created[0].name, "evi-be-next");
+            assert_eq!(created[0].addresses[0], expected, "{held:?}");
+            // Same labels: the swap is no drift.
+            assert_eq!(created[0].labels, be.labels);
+            assert_eq!(be.hosts, ["evi-state:10.90.213.2"]);
+        }
     }
 
     #[tokio::test]

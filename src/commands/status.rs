@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::exit;
 use crate::model::*;
 use crate::plan::{check_ownership, plan, secret_version_for, PlanError};
+use crate::reach::{probe, probe_spec, Attach, Reach};
 use crate::render::valkey_conf;
 use crate::settings::Settings;
 use crate::ui::Ui;
@@ -43,11 +44,21 @@ struct ValkeyHealth {
     streams_with_ttl: Vec<String>,
 }
 
+/// Whether a client can use evi-state, seen from inside its network namespace.
+#[derive(Debug, Serialize)]
+struct ClientReach {
+    client: String,
+    #[serde(flatten)]
+    reach: Reach,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     format_version: &'static str,
     healthy: bool,
     resources: Vec<Resource>,
+    /// One entry per running client.
+    clients: Vec<ClientReach>,
     #[serde(skip_serializing_if = "Option::is_none")]
     valkey: Option<ValkeyHealth>,
     warnings: Vec<String>,
@@ -112,12 +123,20 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
             ));
         }
     }
+    let clients = if state_running {
+        client_reach(&engine, settings, &observed).await
+    } else {
+        vec![]
+    };
     resources.sort_by_key(|r| (r.kind, r.name.clone()));
-    let healthy = resources.iter().all(|r| r.matches) && warnings.is_empty();
+    let healthy = resources.iter().all(|r| r.matches)
+        && warnings.is_empty()
+        && clients.iter().all(|c| c.reach == Reach::Ok);
     let report = Report {
-        format_version: "1",
+        format_version: "2",
         healthy,
         resources,
+        clients,
         valkey,
         warnings,
     };
@@ -126,6 +145,54 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
         OutputFormat::Text => ui.result(&text(&report)),
     }
     Ok(if healthy { exit::OK } else { exit::ERROR })
+}
+
+/// Probes evi-state from inside each running client's network namespace
+/// (its interfaces, routes and /etc/hosts), with the client's own URL secret.
+async fn client_reach<E: Engine>(
+    engine: &E,
+    settings: &Settings,
+    observed: &Observed,
+) -> Vec<ClientReach> {
+    let clients: Vec<&ObservedContainer> = [BACKEND_CONTAINER, WORKER_CONTAINER]
+        .iter()
+        .filter_map(|name| observed.containers.get(*name))
+        .filter(|c| c.running && c.owned())
+        .collect();
+    let probes = clients.iter().map(|c| async move {
+        let version = c
+            .labels
+            .get(SECRET_VERSION_LABEL)
+            .and_then(|v| v.parse().ok())
+            .map(SecretVersion);
+        let reach = match version {
+            None => Reach::Failed {
+                layer: crate::reach::Layer::Other,
+                detail: "no password generation label; run `evi-install up`".into(),
+            },
+            Some(version) => {
+                // Unique per run: two `status` at once must not share a probe.
+                let name = format!("{PROBE_CONTAINER}-{}-{}", c.name, std::process::id());
+                let spec = probe_spec(
+                    &name,
+                    &settings.services.evi_state.image,
+                    &version.url_name(),
+                    Attach::Namespace(&c.name),
+                );
+                probe(engine, &spec)
+                    .await
+                    .unwrap_or_else(|e| Reach::Failed {
+                        layer: crate::reach::Layer::Other,
+                        detail: crate::secret::redact(&format!("{e:#}")),
+                    })
+            }
+        };
+        ClientReach {
+            client: c.name.clone(),
+            reach,
+        }
+    });
+    futures_util::future::join_all(probes).await
 }
 
 /// Every resource with its state and drift, from the same planner `up` uses.
@@ -270,6 +337,21 @@ fn text(report: &Report) -> String {
             "  keys     cache:db: {}, op: {}, stream: {}, other: {}\n",
             h.keys_cache_db, h.keys_op, h.keys_stream, h.keys_other
         ));
+    }
+    if !report.clients.is_empty() {
+        out.push_str("\nClients (probed from inside each client's network namespace):\n");
+        for c in &report.clients {
+            let verdict = match &c.reach {
+                Reach::Ok => "reaches evi-state: PONG with its VALKEY_URL".to_string(),
+                Reach::Failed { layer, detail } => {
+                    format!(
+                        "CANNOT reach evi-state: {layer} failed: {detail}; {}",
+                        layer.fix()
+                    )
+                }
+            };
+            out.push_str(&format!("  {:<10} {verdict}\n", c.client));
+        }
     }
     for w in &report.warnings {
         out.push_str(&format!("\nwarning: {w}"));

@@ -90,12 +90,18 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
 
     // Look again: what was applied must now plan to nothing.
-    let after = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    let observed = observe(&engine, settings).await?;
+    let after = make_document(settings, &conf, &observed)?;
     if after.plan.has_changes() {
         bail!(
             "the host still differs from the settings after apply ({}); run `evi-install up --dry-run` to see what",
             plan_view::summary_line(&after.plan)
         );
+    }
+    // Created is not working: end on a client's PONG.
+    {
+        let _spinner = ui.spinner("checking that a client reaches evi-state");
+        crate::reach::require_reach(&engine, settings, secret_version_for(&observed)).await?;
     }
     ui.result(&report.summary(started.elapsed()));
     if !crate::boot::systemd_running() {
