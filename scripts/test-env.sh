@@ -37,8 +37,15 @@ set -euo pipefail
 EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 EVI_TEST_VALKEY_IMAGE="${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}"
-# Debian packages the harness needs. curl is for the readiness ping of the REST service.
-EVI_TEST_PACKAGES=(podman runc debootstrap busybox-static uidmap ca-certificates curl)
+# The network backend this lane's Podman uses: netavark (with aardvark-dns, what a plain
+# `apt-get install podman` gives) or cni (what `--no-install-recommends` gives on Debian 12:
+# no DNS at all). Both are real hosts; scripts/test.sh runs the end-to-end tests on each.
+EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
+# Debian packages the harness needs, each named: podman is installed without its
+# recommends, so both network backends are listed explicitly and nothing depends on what
+# an earlier run or another package happened to bring. curl is for the readiness ping.
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins
+    debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
 
@@ -97,11 +104,16 @@ evi_require_cargo() {
 # it (they share root's storage), hence the export.
 evi_write_containers_conf() {
     mkdir -p "$EVI_TEST_DIR"
-    cat >"$EVI_TEST_DIR/containers.conf" <<'EOF'
+    # The backend is named explicitly: Podman 4.3 otherwise keeps whatever it chose first
+    # on this machine (recorded in its storage), whatever is installed now.
+    cat >"$EVI_TEST_DIR/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
+tmp_dir = "${EVI_TEST_TMP_DIR:-/run/libpod}"
+[network]
+network_backend = "$EVI_TEST_NETWORK_BACKEND"
 EOF
     export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
 }
@@ -191,6 +203,30 @@ evi_start_service() {
         sleep 0.2
     done
     evi_log "podman service ready (pid $pid, $(podman --version))"
+}
+
+# Proves that the service runs the network backend this lane is about; a lane that
+# silently ran on the other backend would hide exactly the failures it exists to show.
+evi_check_network_backend() {
+    local backend
+    backend="$(curl --silent --fail --max-time 5 --unix-socket "$(evi_socket_path)" \
+        http://d/v4.0.0/libpod/info | sed -n 's/.*"networkBackend": *"\([a-z]*\)".*/\1/p')" ||
+        evi_die "cannot read the network backend from the podman service's info"
+    [[ "$backend" == "$EVI_TEST_NETWORK_BACKEND" ]] ||
+        evi_die "podman service runs network backend '$backend', expected '$EVI_TEST_NETWORK_BACKEND'"
+    evi_log "network backend in effect: $backend"
+}
+
+# Removes what the tests or the main job left under this lane's configuration, so the
+# next lane (another network backend on the same storage) starts from a clean host and no
+# bridge of this lane's evi-net keeps its subnet's route.
+evi_test_env_clean() {
+    local ids
+    ids="$(podman ps -aq --filter label=io.evi-install.managed=true 2>/dev/null || true)"
+    # shellcheck disable=SC2086  # one ID per word
+    [[ -z "$ids" ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
+    podman rm -f -t 0 --ignore evi-state evi-be evi-worker >/dev/null 2>&1 || true
+    podman network rm -f evi-net >/dev/null 2>&1 || true
 }
 
 # Stop the service by PID, only if this shell started it (or, when run as
@@ -295,6 +331,7 @@ evi_build_valkey_image() {
         evi_log "image $EVI_TEST_VALKEY_IMAGE already present (cached)"
         return 0
     fi
+    evi_copy_image_from_default "$EVI_TEST_VALKEY_IMAGE" && return 0
     evi_require_trixie_keyring
     mkdir -p "$EVI_TEST_DIR"
     # Serialise concurrent builds (two test runs at once) and re-check under the lock.
@@ -362,6 +399,45 @@ _evi_build_valkey_image_locked() {
     evi_log "built $EVI_TEST_VALKEY_IMAGE in $((SECONDS - start))s (valkey uid:gid $uid:$gid)"
 }
 
+# Switches to the lane of network backend $1. The netavark lane is the machine's default
+# Podman (the storage scripts/up-example.sh uses, directory target/e2e). Any other lane gets
+# a Podman of its own: its own storage, run and tmp directories, its own lock and evi-net
+# subnet, so it never meets a container, network route or lease of the other lane (a second
+# Podman on the same storage would tear down the first one's containers with the wrong
+# backend). Images are copied over from the default storage.
+evi_test_lane() {
+    EVI_TEST_NETWORK_BACKEND="$1"
+    if [[ "$1" == netavark ]]; then
+        EVI_TEST_DIR="$EVI_REPO/target/e2e"
+        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK
+    else
+        EVI_TEST_DIR="$EVI_REPO/target/e2e-$1"
+        mkdir -p "$EVI_TEST_DIR"
+        cat >"$EVI_TEST_DIR/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "/var/lib/containers/storage-evi-$1"
+runroot = "/run/containers/storage-evi-$1"
+EOF
+        export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
+        export EVI_TEST_TMP_DIR="/run/libpod-evi-$1"
+        export EVI_TEST_SUBNET="10.90.223.0/24"
+        export EVI_TEST_LOCK="/tmp/evi-host-$1.lock"
+    fi
+    export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR
+}
+
+# Copies IMAGE from the machine's default storage into this lane's, if the lane has a
+# storage of its own and the default one has the image. Fails (returns 1) otherwise.
+evi_copy_image_from_default() {
+    local image="$1"
+    [[ -n "${CONTAINERS_STORAGE_CONF:-}" ]] || return 1
+    env -u CONTAINERS_STORAGE_CONF podman image exists "$image" || return 1
+    evi_log "copying $image from the default storage into this lane's"
+    env -u CONTAINERS_STORAGE_CONF podman save "$image" | podman load -q >/dev/null ||
+        evi_die "copying $image into the lane's storage failed"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
@@ -369,8 +445,10 @@ evi_test_env_up() {
     evi_require_cargo
     evi_write_containers_conf
     evi_start_service
+    evi_check_network_backend
     evi_build_valkey_image
-    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE CONTAINERS_CONF
+    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
+    evi_log "EVI_TEST_NETWORK_BACKEND=$EVI_TEST_NETWORK_BACKEND"
     evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"
     evi_log "EVI_TEST_VALKEY_IMAGE=$EVI_TEST_VALKEY_IMAGE"
     evi_log "CONTAINERS_CONF=$CONTAINERS_CONF"

@@ -20,10 +20,8 @@ trap 'exit 143' TERM
 
 step() { printf '\n===== %s =====\n' "$*"; }
 
-step "test environment (podman service, valkey image)"
-evi_test_env_up
-
 # Fail with the fix spelled out rather than with cargo's "no such command".
+evi_require_cargo
 cargo fmt --version >/dev/null 2>&1 || evi_die "rustfmt missing: run 'rustup component add rustfmt'"
 cargo clippy --version >/dev/null 2>&1 || evi_die "clippy missing: run 'rustup component add clippy'"
 
@@ -33,8 +31,31 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test${*:+ $*}"
+# Lane 1: Podman 4.3 with netavark + aardvark-dns (a plain `apt-get install podman`).
+# Every test: unit, CLI snapshots and the real-Podman end-to-end tests.
+step "lane 1/2: Podman 4.3, netavark + aardvark-dns: test environment"
+evi_test_lane netavark
+evi_test_env_up
+step "lane 1/2: Podman 4.3, netavark + aardvark-dns: cargo test${*:+ $*}"
 cargo test "$@"
+evi_test_env_clean
+evi_test_env_stop
+
+# Lane 2: Podman 4.3 with CNI and no DNS plugin (`apt-get install --no-install-recommends
+# podman`): names do not resolve at all on such a host, so this lane proves that clients
+# find evi-state without DNS. The end-to-end modules run again; unit and CLI tests do not
+# depend on the host.
+step "lane 2/2: Podman 4.3, CNI without DNS: test environment"
+evi_test_lane cni
+evi_test_env_up
+step "lane 2/2: Podman 4.3, CNI without DNS: cargo test --test integration e2e:: rotation:: catalogue::"
+cargo test --test integration -- e2e:: rotation:: catalogue::
+evi_test_env_clean
+evi_test_env_stop
+
+# The benchmark smoke run uses the netavark lane's service again.
+evi_test_lane netavark
+evi_test_env_up
 
 if [[ -e bench/run.sh ]]; then
     step "bench/run.sh --runs 1 (smoke)"

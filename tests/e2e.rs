@@ -82,6 +82,36 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
         );
     }
 
+    // `up` ended on a client's PONG, and said so.
+    assert!(
+        up.stdout
+            .contains("a new client on evi-net got PONG from evi-state with its VALKEY_URL"),
+        "{}",
+        up.stdout
+    );
+    // evi-state has its fixed address; each client finds it through /etc/hosts,
+    // whatever the network's DNS does (the CNI lane has none).
+    let state_ip = state_address();
+    assert_eq!(
+        podman_ok(&[
+            "inspect",
+            "evi-state",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        ])
+        .trim(),
+        state_ip
+    );
+    for client in ["evi-be", "evi-worker"] {
+        assert_eq!(
+            podman_ok(&["exec", client, "getent", "hosts", "evi-state"])
+                .split_whitespace()
+                .next(),
+            Some(state_ip.as_str()),
+            "{client}"
+        );
+    }
+
     // From evi-be: PONG with the password from VALKEY_URL, NOAUTH without.
     let ping = until_reachable(|| {
         podman(&[
@@ -207,7 +237,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     assert_eq!(check.code, 0, "{}", check.all());
     let json = site.up(&["--dry-run", "--output", "json", "-v"]);
     let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON plan");
-    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["format_version"], "2");
     assert_eq!(doc["changes_pending"], false);
     for (what, out) in [
         ("up", &up),
@@ -471,7 +501,7 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
             "ps",
             "-a",
             "--filter",
-            "name=evi-",
+            "label=io.evi-install.managed=true",
             "--format",
             "{{.Names}}"
         ])
@@ -551,7 +581,7 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
     state_cli("expire stream:tasks:email 600");
     let doc: serde_json::Value =
         serde_json::from_str(&status(&["--output", "json"]).stdout).unwrap();
-    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["format_version"], "2");
     assert_eq!(doc["valkey"]["keys_cache_db"], 1);
     assert_eq!(doc["valkey"]["keys_op"], 1);
     assert_eq!(doc["valkey"]["keys_stream"], 1);
@@ -605,4 +635,114 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
         true,
         "the running server was made from the settings"
     );
+}
+
+/// The client's view in `status`: one line per client, from inside its network
+/// namespace, naming the layer that fails; exit 1 when a client cannot reach
+/// evi-state.
+#[test]
+fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let status = || site.evi().args(["status"]).run();
+    let layer_of = |client: &str| -> (String, String) {
+        let out = site.evi().args(["status", "--output", "json"]).run();
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON status");
+        let entry = doc["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == client)
+            .unwrap_or_else(|| panic!("no {client} in {}", out.stdout))
+            .clone();
+        (
+            entry["result"].as_str().unwrap().to_string(),
+            entry["layer"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+
+    let healthy = status();
+    assert_eq!(healthy.code, 0, "{}", healthy.all());
+    for client in ["evi-be", "evi-worker"] {
+        assert!(
+            healthy.stdout.contains(&format!(
+                "{client:<10} reaches evi-state: PONG with its VALKEY_URL"
+            )),
+            "{}",
+            healthy.stdout
+        );
+        assert_eq!(layer_of(client), ("ok".to_string(), String::new()));
+    }
+
+    // Name resolution: evi-be loses its hosts entry. Without DNS (the CNI lane)
+    // nothing else can resolve evi-state; with aardvark-dns the alias still may.
+    let hosts = podman_ok(&["exec", "evi-be", "cat", "/etc/hosts"]);
+    podman_ok(&[
+        "exec",
+        "evi-be",
+        "sh",
+        "-c",
+        "grep -v evi-state /etc/hosts > /tmp/h && cat /tmp/h > /etc/hosts",
+    ]);
+    if std::env::var("EVI_TEST_NETWORK_BACKEND").as_deref() == Ok("cni") {
+        let out = status();
+        assert_eq!(out.code, 1, "{}", out.all());
+        assert!(
+            out.stdout
+                .contains("evi-be     CANNOT reach evi-state: name resolution failed"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            layer_of("evi-be"),
+            ("failed".to_string(), "name_resolution".to_string())
+        );
+    }
+    let restore = format!("printf '%s' '{hosts}' > /etc/hosts");
+    podman_ok(&["exec", "evi-be", "sh", "-c", &restore]);
+    assert_eq!(status().code, 0);
+
+    // Connection: evi-be is taken off evi-net.
+    podman_ok(&["network", "disconnect", "evi-net", "evi-be"]);
+    let out = status();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("evi-be     CANNOT reach evi-state: connection failed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        layer_of("evi-be"),
+        ("failed".to_string(), "connection".to_string())
+    );
+    assert_eq!(layer_of("evi-worker"), ("ok".to_string(), String::new()));
+    // `up` sees it too and repairs it.
+    let repair = site.up(&[]);
+    assert_eq!(repair.code, 0, "{}", repair.all());
+    assert!(
+        repair.stdout.contains("attachment to evi-net changed"),
+        "{}",
+        repair.stdout
+    );
+    assert_eq!(status().code, 0);
+
+    // Authentication: evi-state stops accepting the clients' password.
+    state_cli("acl setuser default resetpass >SomeOtherPassword0123456789");
+    let out = status();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("evi-be     CANNOT reach evi-state: authentication failed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        layer_of("evi-worker"),
+        ("failed".to_string(), "authentication".to_string())
+    );
+    assert!(!out.all().contains(&site.password()));
 }

@@ -34,8 +34,9 @@ fn looping_site() -> Site {
     let image = &site.podman.valkey_image;
     let quoted = serde_json::to_string(CLIENT_LOOP).unwrap();
     let yaml = format!(
-        "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sh, -c, {quoted}] }}\n  evi-worker: {{ image: {image}, command: [sh, -c, {quoted}] }}\n",
-        site.state_dir().display()
+        "state_dir: {}\n{}services:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sh, -c, {quoted}] }}\n  evi-worker: {{ image: {image}, command: [sh, -c, {quoted}] }}\n",
+        site.state_dir().display(),
+        lane_subnet_yaml()
     );
     std::fs::write(site.settings(), yaml).unwrap();
     site

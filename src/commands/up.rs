@@ -99,10 +99,16 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         );
     }
     // Created is not working: end on a client's PONG.
+    let probed = Instant::now();
     {
         let _spinner = ui.spinner("checking that a client reaches evi-state");
         crate::reach::require_reach(&engine, settings, secret_version_for(&observed)).await?;
     }
+    ui.info(&format!(
+        "  a new client on {} got PONG from evi-state with its VALKEY_URL ({:.1}s)",
+        settings.network,
+        probed.elapsed().as_secs_f64()
+    ));
     ui.result(&report.summary(started.elapsed()));
     if !crate::boot::systemd_running() {
         ui.info(crate::boot::NO_SYSTEMD_NOTE);
