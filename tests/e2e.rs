@@ -593,6 +593,36 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
         .contains("stream `stream:tasks:email` has a TTL"));
     state_cli("persist stream:tasks:email");
 
+    // The queue: a consumer group with one entry delivered and not acknowledged.
+    state_cli("xgroup create stream:tasks:email workers 0");
+    state_cli("xadd stream:tasks:email '*' type reminder");
+    state_cli("xreadgroup group workers w1 count 1 streams stream:tasks:email >");
+    let out = status(&["--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let queue = &doc["valkey"]["streams"][0];
+    assert_eq!(queue["key"], "stream:tasks:email", "{}", out.stdout);
+    assert_eq!(queue["length"], 2);
+    let group = &queue["groups"][0];
+    assert_eq!(
+        (
+            &group["name"],
+            &group["consumers"],
+            &group["pending"],
+            &group["lag"]
+        ),
+        (&"workers".into(), &1.into(), &1.into(), &1.into()),
+        "{}",
+        out.stdout
+    );
+    assert!(group["oldest_pending_idle_ms"].as_u64().unwrap() < 60_000);
+    let text = status(&[]).stdout;
+    assert!(
+        text.contains(
+            "queue    stream:tasks:email: 2 entries; group workers: 1 consumers, 1 pending (oldest waiting"
+        ),
+        "{text}"
+    );
+
     // Memory nearly full of keys without a TTL: the OOM warning.
     let fill =
         "eval \"for i=1,1400 do redis.call('SET','op:fill:'..i, string.rep('x',1000)) end\" 0";
