@@ -44,6 +44,19 @@ impl Report {
 pub struct Options {
     /// How long evi-state may take to answer an authenticated PING.
     pub ready_timeout: Duration,
+    /// Fired once evi-state is in place and answers (its step is done, or it
+    /// is kept): `up` then probes it from a client's side while the clients
+    /// are still being started.
+    pub state_ready: std::cell::Cell<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Options {
+    pub fn new(ready_timeout: Duration) -> Options {
+        Options {
+            ready_timeout,
+            state_ready: std::cell::Cell::new(None),
+        }
+    }
 }
 
 /// Applies `plan`. Images are checked (and pulled if missing) before the first
@@ -53,9 +66,17 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     let mut report = Report::default();
     let describe = |s: &Step| format!("{} {} {}", verb_word(s.verb), s.kind.as_str(), s.name);
     let mut finished: Vec<String> = Vec::new();
+    let evi_state_done = |step: &Step| {
+        if step.kind == Kind::Container && step.name == STATE_CONTAINER {
+            if let Some(ready) = opts.state_ready.take() {
+                let _ = ready.send(());
+            }
+        }
+    };
     for (i, step) in plan.steps.iter().enumerate() {
         if step.verb == Verb::Keep {
             report.unchanged += 1;
+            evi_state_done(step);
             continue;
         }
         let not_done: Vec<String> = plan.steps[i..]
@@ -98,6 +119,7 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
             started.elapsed().as_secs_f64()
         ));
         finished.push(describe(step));
+        evi_state_done(step);
         crate::interrupt::test_delay().await;
     }
     Ok(report)
@@ -357,9 +379,7 @@ mod tests {
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
-        let opts = Options {
-            ready_timeout: Duration::from_secs(1),
-        };
+        let opts = Options::new(Duration::from_secs(1));
         let report = apply(&engine, &p, &Ui::silent(), &opts).await.unwrap();
         assert_eq!(report.created, 6);
         assert_eq!(
@@ -431,9 +451,7 @@ mod tests {
             &engine,
             &p,
             &Ui::silent(),
-            &Options {
-                ready_timeout: Duration::from_secs(1),
-            },
+            &Options::new(Duration::from_secs(1)),
         )
         .await
         .unwrap_err();

@@ -71,7 +71,9 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     // Changes ahead: take the host lock, then look again, since another run may
     // have changed the host while this one waited.
     let _lock = ctx.lock(settings, "up").await?;
-    let current = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    let observed = observe(&engine, settings).await?;
+    let current = make_document(settings, &conf, &observed)?;
+    let version = secret_version_for(&observed);
     let to_apply = match &args.plan {
         Some(path) => load_saved_plan(path, &current)?,
         None => current,
@@ -84,10 +86,27 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     ui.info("");
 
     let started = Instant::now();
+    // Created is not working: `up` ends on a client's PONG. The probe starts as
+    // soon as evi-state answers, while the clients are still being started.
+    let (state_ready, ready) = tokio::sync::oneshot::channel();
     let opts = apply::Options {
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        state_ready: std::cell::Cell::new(Some(state_ready)),
     };
-    let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
+    let probe = async {
+        ready.await.ok()?;
+        let probed = Instant::now();
+        let result = crate::reach::require_reach(&engine, settings, version).await;
+        Some(result.map(|()| probed.elapsed()))
+    };
+    let (report, probe) = tokio::join!(apply(&engine, &to_apply.plan, ui, &opts), probe);
+    let report = report?;
+    let probe_time = match probe {
+        Some(result) => result?,
+        None => bail!(
+            "evi-state was not ready, so no client could be checked; run `evi-install up` again"
+        ),
+    };
 
     // Look again: what was applied must now plan to nothing.
     let observed = observe(&engine, settings).await?;
@@ -98,16 +117,10 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
             plan_view::summary_line(&after.plan)
         );
     }
-    // Created is not working: end on a client's PONG.
-    let probed = Instant::now();
-    {
-        let _spinner = ui.spinner("checking that a client reaches evi-state");
-        crate::reach::require_reach(&engine, settings, secret_version_for(&observed)).await?;
-    }
     ui.info(&format!(
         "  a new client on {} got PONG from evi-state with its VALKEY_URL ({:.1}s)",
         settings.network,
-        probed.elapsed().as_secs_f64()
+        probe_time.as_secs_f64()
     ));
     ui.result(&report.summary(started.elapsed()));
     if !crate::boot::systemd_running() {
