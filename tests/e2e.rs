@@ -596,7 +596,7 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
     // The queue: a consumer group with one entry delivered and not acknowledged.
     state_cli("xgroup create stream:tasks:email workers 0");
     state_cli("xadd stream:tasks:email '*' type reminder");
-    state_cli("xreadgroup group workers w1 count 1 streams stream:tasks:email >");
+    state_cli("xreadgroup group workers w1 count 1 streams stream:tasks:email '>'");
     let out = status(&["--output", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let queue = &doc["valkey"]["streams"][0];
@@ -775,4 +775,78 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
         ("failed".to_string(), "authentication".to_string())
     );
     assert!(!out.all().contains(&site.password()));
+}
+
+/// A host set up before evi-state had a fixed address: evi-net exists with a
+/// subnet Podman chose, and a client runs on it. `up` says that it re-creates
+/// the network and everything on it, and why, and clients reach evi-state after.
+#[test]
+fn an_evi_net_made_the_old_way_is_migrated_visibly() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    podman_ok(&[
+        "network",
+        "create",
+        "--label",
+        "io.evi-install.managed=true",
+        "evi-net",
+    ]);
+    let old_subnet = podman_ok(&[
+        "network",
+        "inspect",
+        "evi-net",
+        "--format",
+        "{{range .Subnets}}{{.Subnet}}{{end}}",
+    ]);
+    podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "evi-be",
+        "--label",
+        "io.evi-install.managed=true",
+        "--network",
+        "evi-net",
+        &site.podman.valkey_image,
+        "sleep",
+        "600",
+    ]);
+
+    let dry = site.up(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(
+        dry.stdout.contains(&format!(
+            "network evi-net  (its subnet is {}, not",
+            old_subnet.trim()
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("so that clients find it without DNS; the containers on it are re-created"),
+        "{}",
+        dry.stdout
+    );
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let new_subnet = podman_ok(&[
+        "network",
+        "inspect",
+        "evi-net",
+        "--format",
+        "{{range .Subnets}}{{.Subnet}}{{end}}",
+    ]);
+    let expected = std::env::var("EVI_TEST_SUBNET").unwrap_or_else(|_| "10.90.213.0/24".into());
+    assert_eq!(new_subnet.trim(), expected);
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
+        "{}",
+        status.stdout
+    );
 }
