@@ -266,6 +266,37 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             },
         ),
         case(
+            "subnet with host bits",
+            &[
+                "`network_subnet`",
+                "host bits set (the subnet is 10.90.213.0/24)",
+                "write a private IPv4 subnet",
+            ],
+            |s| {
+                settings_with(s, "network_subnet: 10.90.213.7/24\n");
+                up()
+            },
+        ),
+        case(
+            "subnet used by another Podman network",
+            Box::leak(Box::new([
+                Box::leak(
+                    format!(
+                        "overlaps {}.128/25 of the Podman network `evi-test-overlap`",
+                        lane_prefix()
+                    )
+                    .into_boxed_str(),
+                ) as &str,
+                "set `network_subnet` in the settings to a free private range",
+            ])),
+            |s| {
+                settings_with(s, "");
+                let half = format!("{}.128/25", lane_prefix());
+                podman_ok(&["network", "create", "--subnet", &half, "evi-test-overlap"]);
+                up()
+            },
+        ),
+        case(
             "foreign volume",
             &["volume `evi-state-data` exists but was not created by evi-install"],
             |s| {

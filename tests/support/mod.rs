@@ -144,6 +144,7 @@ pub fn reset_host() {
         "evi-state",
     ]);
     podman(&["network", "rm", "-f", "evi-net"]);
+    podman(&["network", "rm", "-f", "evi-test-overlap"]);
     podman(&["volume", "rm", "-f", "evi-state-data"]);
     let secrets = podman_ok(&["secret", "ls", "--format", "{{.Name}}"]);
     for name in secrets.lines().filter(|n| n.starts_with("evi-")) {
@@ -173,7 +174,11 @@ impl Site {
         let yaml = format!(
             "state_dir: {}\n{}services:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: {idle} }}\n  evi-worker: {{ image: {image}, command: {idle} }}\n{extra_yaml}",
             self.state_dir().display(),
-            lane_subnet_yaml()
+            if extra_yaml.contains("network_subnet") {
+                String::new()
+            } else {
+                lane_subnet_yaml()
+            }
         );
         std::fs::write(self.settings(), yaml).unwrap();
     }
@@ -216,10 +221,14 @@ pub fn lane_subnet_yaml() -> String {
 /// evi-state's fixed address: `.2` of the lane's subnet (the default one
 /// outside a lane of its own).
 pub fn state_address() -> String {
+    format!("{}.2", lane_prefix())
+}
+
+/// The first three octets of the lane's /24 (`10.90.213` by default).
+pub fn lane_prefix() -> String {
     let subnet = std::env::var("EVI_TEST_SUBNET").unwrap_or_else(|_| "10.90.213.0/24".to_string());
     let base = subnet.split('/').next().unwrap();
-    let (prefix, _) = base.rsplit_once('.').unwrap();
-    format!("{prefix}.2")
+    base.rsplit_once('.').unwrap().0.to_string()
 }
 
 /// Every file under `dir`, with its content, for before/after comparisons.
