@@ -32,7 +32,8 @@ async function main() {
   const redis = new Redis(url, redisOptions());
   // Connection errors also reject the commands that were waiting; those are counted where
   // they are awaited. Without a listener ioredis would log every one to stderr.
-  redis.on('error', () => {});
+  redis.on('error', (err) => stats.connError(err));
+  redis.on('ready', () => stats.connected());
   const stopping = installShutdown(stats, () => {});
   const interval = intervalMs();
   stats.start({ stream: STREAM, interval_ms: interval });

@@ -53,7 +53,7 @@ function makeScrubber(url) {
     for (const secret of secrets) s = s.split(secret).join('***');
     // Belt and braces: any redis URL with credentials, whatever they are.
     s = s.replace(/(rediss?|valkeys?):\/\/[^\s@/]*@/gi, '$1://***@');
-    return s.length > 300 ? `${s.slice(0, 300)}...` : s;
+    return s.length > 400 ? `${s.slice(0, 400)}...` : s;
   };
 }
 
@@ -116,6 +116,19 @@ class Stats {
     this.windowLines = 0;
     this.suppressed = 0;
     this.timer = null;
+    // ioredis fails a command that outlived its reconnect attempts with "Reached the max
+    // retries per request limit", which hides why; the last connection error says it.
+    this.lastConnError = '';
+  }
+
+  // For the client's 'error' event (connection errors, failed AUTH on connect).
+  connError(err) {
+    this.lastConnError = this.scrub(`${(err && err.message) || err}`);
+  }
+
+  // For the client's 'ready' event.
+  connected() {
+    this.lastConnError = '';
   }
 
   emit(obj) {
@@ -139,9 +152,14 @@ class Stats {
   }
 
   failure(op, err) {
-    const cls = classify(err);
+    let text = this.scrub(`${(err && err.message) || err}`);
+    let cls = classify(err);
+    if (err && err.name === 'MaxRetriesPerRequestError' && this.lastConnError) {
+      text = `${text} (last connection error: ${this.lastConnError})`;
+      // The cause decides the class: a refused AUTH is auth, not conn.
+      if (classify(this.lastConnError) === 'auth') cls = 'auth';
+    }
     this.errors[cls] += 1;
-    const text = this.scrub(`${(err && err.message) || err}`);
     this.lastError = `${op}: ${text}`;
     const t = nowMs();
     if (t - this.windowStart >= 1000) {
