@@ -39,7 +39,8 @@ async function main() {
   installSafetyNets(stats);
   const consumer = `worker-js-${os.hostname()}-${process.pid}`;
   const redis = new Redis(url, redisOptions());
-  redis.on('error', () => {}); // counted where the commands fail
+  redis.on('error', (err) => stats.connError(err)); // counted where the commands fail
+  redis.on('ready', () => stats.connected());
   const stopping = installShutdown(stats, () => {});
   stats.start({ stream: STREAM, group: GROUP, consumer });
   const baseSnapshot = stats.snapshot.bind(stats);
@@ -103,6 +104,7 @@ async function main() {
     }
     if (nowMs() >= nextReclaim) {
       if (await reclaim()) nextReclaim = nowMs() + RECLAIM_EVERY_MS;
+      else await sleep(100); // an outage: do not spin on errors
       continue;
     }
     if (checkOwnPending) {

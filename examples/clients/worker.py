@@ -263,6 +263,8 @@ def main():
         if time.monotonic() >= next_reclaim:
             if reclaim():
                 next_reclaim = time.monotonic() + RECLAIM_EVERY_S
+            else:
+                time.sleep(0.1)  # an outage: do not spin on errors
             continue
         if state["check_own"]:
             ok, reply = run("XREADGROUP", lambda: r.xreadgroup(
