@@ -488,8 +488,9 @@ evi_require_npm() {
         command -v npm >/dev/null || evi_die "npm still not found after apt-get install npm"
     fi
     major="$(npm --version 2>/dev/null | cut -d. -f1)" || true
-    [[ "$major" =~ ^[0-9]+$ ]] && ((major >= 7)) ||
+    if ! [[ "$major" =~ ^[0-9]+$ ]] || ((major < 7)); then
         evi_die "npm $(npm --version 2>/dev/null || echo '?') is too old for examples/clients/package-lock.json (lockfile v3 needs npm >= 7)"
+    fi
 }
 
 # Build localhost/evi-client-test:1 unless it already holds the current examples/clients.
