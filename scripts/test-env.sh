@@ -503,6 +503,17 @@ evi_build_client_image() {
         evi_log "image $EVI_TEST_CLIENT_IMAGE already present (cached, clients $hash)"
         return 0
     fi
+    # A lane with a storage of its own (evi_test_lane) takes the image from the default
+    # storage, but only if that one holds these very programs; otherwise it builds.
+    if [[ -n "${CONTAINERS_STORAGE_CONF:-}" ]] &&
+        [[ "$(env -u CONTAINERS_STORAGE_CONF podman image inspect \
+            --format "{{ index .Labels \"$EVI_CLIENT_HASH_LABEL\" }}" "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true)" == "$hash" ]]; then
+        evi_copy_image_from_default "$EVI_TEST_CLIENT_IMAGE" ||
+            evi_die "copying $EVI_TEST_CLIENT_IMAGE from the default storage failed"
+        [[ "$(evi_client_image_hash)" == "$hash" ]] ||
+            evi_die "$EVI_TEST_CLIENT_IMAGE copied into this lane's storage lacks label $EVI_CLIENT_HASH_LABEL=$hash"
+        return 0
+    fi
     evi_require_trixie_keyring
     evi_require_npm
     mkdir -p "$EVI_TEST_DIR"
