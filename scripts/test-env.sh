@@ -19,6 +19,9 @@
 # After evi_test_env_up these are exported for the tests:
 #   EVI_TEST_PODMAN_URL    unix://$EVI_TEST_DIR/podman.sock
 #   EVI_TEST_VALKEY_IMAGE  localhost/evi-valkey-test:8
+#   EVI_TEST_CLIENT_IMAGE  localhost/evi-client-test:1 (node + ioredis, python3-redis and the
+#                          programs of examples/clients under /opt/evi-clients/)
+#   EVI_TEST_CLIENT_HASH   the examples/clients content hash that image was built from
 #   CONTAINERS_CONF        $EVI_TEST_DIR/containers.conf
 #
 # Why the odd containers.conf: on these machines crun cannot raise RLIMIT_NOFILE (no
@@ -27,7 +30,8 @@
 # in the test harness, and never in the product's defaults.
 #
 # Why a local image: no container registry is reachable, so Valkey 8 (Debian trixie's
-# valkey-server) is debootstrapped and imported, then cached in Podman's storage.
+# valkey-server) is debootstrapped and imported, then cached in Podman's storage. The same
+# goes for the client image that runs the real evi-be/evi-worker example programs.
 #
 # Every failure is fatal and loud: a missing prerequisite must fail the test run, never
 # turn the end-to-end tests into silent skips.
@@ -37,6 +41,13 @@ set -euo pipefail
 EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 EVI_TEST_VALKEY_IMAGE="${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}"
+# A stable tag (examples/evi.yaml names it); which programs it holds is recorded in the
+# image label EVI_CLIENT_HASH_LABEL, and a different hash means a rebuild under the same tag.
+EVI_TEST_CLIENT_IMAGE="${EVI_TEST_CLIENT_IMAGE:-localhost/evi-client-test:1}"
+EVI_CLIENT_HASH_LABEL=evi.clients.hash
+EVI_CLIENTS_DIR="$EVI_REPO/examples/clients"
+# Everything that goes into /opt/evi-clients (node_modules comes from the lockfile).
+EVI_CLIENT_FILES=(package.json package-lock.json stats.js producer.js worker.js worker.py)
 # The network backend this lane's Podman uses: netavark (with aardvark-dns, what a plain
 # `apt-get install podman` gives) or cni (what `--no-install-recommends` gives on Debian 12:
 # no DNS at all). Both are real hosts; scripts/test.sh runs the end-to-end tests on each.
@@ -438,6 +449,170 @@ evi_copy_image_from_default() {
         evi_die "copying $image into the lane's storage failed"
 }
 
+# The content hash the client image is tagged with (as a label): the program files, the
+# lockfile and this build recipe, so editing any of them rebuilds the image.
+evi_client_hash() {
+    local f
+    for f in "${EVI_CLIENT_FILES[@]}"; do
+        [[ -f "$EVI_CLIENTS_DIR/$f" ]] || evi_die "missing client program file $EVI_CLIENTS_DIR/$f"
+    done
+    {
+        for f in "${EVI_CLIENT_FILES[@]}"; do
+            printf '%s\0' "$f"
+            cat "$EVI_CLIENTS_DIR/$f"
+        done
+        declare -f _evi_build_client_image_locked
+    } | sha256sum | cut -c1-12
+}
+
+# The hash label of the image under EVI_TEST_CLIENT_IMAGE, or nothing if there is none.
+evi_client_image_hash() {
+    podman image inspect --format "{{ index .Labels \"$EVI_CLIENT_HASH_LABEL\" }}" \
+        "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true
+}
+
+# npm installs ioredis on the host and the result is copied into the image. Why the host and
+# not the image: ioredis and its 8 dependencies are plain JavaScript (no native addons;
+# --ignore-scripts runs no install scripts), so the files do not depend on which Node
+# installed them, and putting trixie's npm into the image would pull ~100 node-* packages
+# into it and into every debootstrap. Any npm >= 7 reads the lockfile (v3): a fresh Debian 12
+# gets its own npm 9 from apt.
+evi_require_npm() {
+    local major
+    if ! command -v npm >/dev/null; then
+        evi_log "npm not found; installing Debian's npm (needed once, to fetch ioredis for the client image)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=300 update || evi_die "apt-get update failed"
+        apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends npm ||
+            evi_die "apt-get install npm failed"
+        command -v npm >/dev/null || evi_die "npm still not found after apt-get install npm"
+    fi
+    major="$(npm --version 2>/dev/null | cut -d. -f1)" || true
+    if ! [[ "$major" =~ ^[0-9]+$ ]] || ((major < 7)); then
+        evi_die "npm $(npm --version 2>/dev/null || echo '?') is too old for examples/clients/package-lock.json (lockfile v3 needs npm >= 7)"
+    fi
+}
+
+# Build localhost/evi-client-test:1 unless it already holds the current examples/clients.
+evi_build_client_image() {
+    local hash rc
+    hash="$(evi_client_hash)"
+    [[ "$hash" =~ ^[0-9a-f]{12}$ ]] || evi_die "could not hash $EVI_CLIENTS_DIR"
+    export EVI_TEST_CLIENT_HASH="$hash"
+    if [[ "$(evi_client_image_hash)" == "$hash" ]]; then
+        evi_log "image $EVI_TEST_CLIENT_IMAGE already present (cached, clients $hash)"
+        return 0
+    fi
+    # A lane with a storage of its own (evi_test_lane) takes the image from the default
+    # storage, but only if that one holds these very programs; otherwise it builds.
+    if [[ -n "${CONTAINERS_STORAGE_CONF:-}" ]] &&
+        [[ "$(env -u CONTAINERS_STORAGE_CONF podman image inspect \
+            --format "{{ index .Labels \"$EVI_CLIENT_HASH_LABEL\" }}" "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true)" == "$hash" ]]; then
+        evi_copy_image_from_default "$EVI_TEST_CLIENT_IMAGE" ||
+            evi_die "copying $EVI_TEST_CLIENT_IMAGE from the default storage failed"
+        [[ "$(evi_client_image_hash)" == "$hash" ]] ||
+            evi_die "$EVI_TEST_CLIENT_IMAGE copied into this lane's storage lacks label $EVI_CLIENT_HASH_LABEL=$hash"
+        return 0
+    fi
+    evi_require_trixie_keyring
+    evi_require_npm
+    mkdir -p "$EVI_TEST_DIR"
+    # Serialised and re-checked under a lock, like the Valkey image (see there for why the
+    # subshell is not written as "( ... ) || die").
+    set +e
+    (
+        set -e
+        flock 9
+        if [[ "$(evi_client_image_hash)" == "$hash" ]]; then
+            exit 0
+        fi
+        _evi_build_client_image_locked "$hash"
+    ) 9>"$EVI_TEST_DIR/client-image-build.lock"
+    rc=$?
+    set -e
+    ((rc == 0)) || evi_die "building $EVI_TEST_CLIENT_IMAGE failed"
+    [[ "$(evi_client_image_hash)" == "$hash" ]] ||
+        evi_die "$EVI_TEST_CLIENT_IMAGE does not carry label $EVI_CLIENT_HASH_LABEL=$hash after the build"
+}
+
+# Runs in a subshell (see above), so its EXIT trap only cleans up the build root.
+_evi_build_client_image_locked() {
+    local hash="$1" mirror root start app old_id new_id f
+    mirror="$(evi_debian_mirror)"
+    start=$SECONDS
+    root="$(mktemp -d "$EVI_TEST_DIR/client-root.XXXXXX")"
+    # shellcheck disable=SC2064  # expand $root now: it is local to this function
+    trap "evi_remove_root '$root'" EXIT
+    evi_log "building $EVI_TEST_CLIENT_IMAGE (clients $hash): debootstrap trixie from $mirror (log: $EVI_TEST_DIR/client-debootstrap.log)"
+
+    # nodejs (trixie: 20.x) runs the Node programs, python3-redis (redis-py 6.x) worker.py.
+    # valkey-tools (valkey-cli) is not used by the programs; it is there so that the usual
+    # checks from inside a client container (`podman exec evi-be valkey-cli ... ping`, as the
+    # tests and the benchmark do with the stand-in clients) keep working with this image.
+    if ! debootstrap --variant=minbase --include=nodejs,python3-redis,valkey-tools trixie "$root" "$mirror" \
+        >"$EVI_TEST_DIR/client-debootstrap.log" 2>&1; then
+        tail -n 30 "$EVI_TEST_DIR/client-debootstrap.log" >&2 || true
+        [[ -f "$root/debootstrap/debootstrap.log" ]] && tail -n 30 "$root/debootstrap/debootstrap.log" >&2
+        evi_die "debootstrap of trixie (client image) failed (see $EVI_TEST_DIR/client-debootstrap.log)"
+    fi
+
+    app="$root/opt/evi-clients"
+    mkdir -p "$app"
+    for f in "${EVI_CLIENT_FILES[@]}"; do
+        install -m 0644 "$EVI_CLIENTS_DIR/$f" "$app/$f"
+    done
+    # npm ci: exactly the lockfile's versions and integrity hashes, no dev dependencies,
+    # no install scripts. It runs on the host (see evi_require_npm for why).
+    if ! (cd "$app" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error) \
+        >"$EVI_TEST_DIR/client-npm.log" 2>&1; then
+        tail -n 30 "$EVI_TEST_DIR/client-npm.log" >&2 || true
+        evi_die "npm ci for the client image failed (see $EVI_TEST_DIR/client-npm.log; the npm registry must be reachable)"
+    fi
+    printf '%s\n' "$hash" >"$app/CLIENTS_HASH"
+    # Readable by whichever user the container runs as.
+    chmod -R a+rX "$app"
+
+    # Prove the image can run what it is for before importing it: node loads ioredis and
+    # parses every program, python3 imports redis and compiles worker.py.
+    local checks=(
+        "node -e 'require(\"/opt/evi-clients/node_modules/ioredis\")'"
+        "node --check /opt/evi-clients/producer.js"
+        "node --check /opt/evi-clients/worker.js"
+        "node --check /opt/evi-clients/stats.js"
+        "python3 -c 'import redis, redis.retry, redis.backoff'"
+        "python3 -c 'import ast; ast.parse(open(\"/opt/evi-clients/worker.py\").read())'"
+        "valkey-cli --version"
+    )
+    local check
+    for check in "${checks[@]}"; do
+        chroot "$root" /bin/sh -c "$check" >/dev/null 2>"$EVI_TEST_DIR/client-check.log" || {
+            cat "$EVI_TEST_DIR/client-check.log" >&2 || true
+            evi_die "client image check failed: $check"
+        }
+    done
+
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/debootstrap"
+
+    # The image this build replaces, if any: removed below once the tag has moved.
+    old_id="$(podman image inspect --format '{{.Id}}' "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true)"
+    # The label carries the hash (checked for caching); the programs run as the image's
+    # 'nobody' (65534), they need no root.
+    tar --numeric-owner -C "$root" -c . | podman import --quiet \
+        --change "LABEL=$EVI_CLIENT_HASH_LABEL=$hash" \
+        --change "WORKDIR=/opt/evi-clients" \
+        --change "USER=65534:65534" \
+        - "$EVI_TEST_CLIENT_IMAGE" >/dev/null ||
+        evi_die "podman import of $EVI_TEST_CLIENT_IMAGE failed"
+    new_id="$(podman image inspect --format '{{.Id}}' "$EVI_TEST_CLIENT_IMAGE")" ||
+        evi_die "$EVI_TEST_CLIENT_IMAGE missing right after podman import"
+    if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+        # Best effort on purpose: a container still running the old programs keeps its
+        # image, and that must not fail the build; it is untagged either way.
+        podman image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+    evi_log "built $EVI_TEST_CLIENT_IMAGE in $((SECONDS - start))s (clients $hash)"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
@@ -447,10 +622,12 @@ evi_test_env_up() {
     evi_start_service
     evi_check_network_backend
     evi_build_valkey_image
-    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
+    evi_build_client_image
+    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE EVI_TEST_CLIENT_IMAGE EVI_TEST_CLIENT_HASH CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
     evi_log "EVI_TEST_NETWORK_BACKEND=$EVI_TEST_NETWORK_BACKEND"
     evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"
     evi_log "EVI_TEST_VALKEY_IMAGE=$EVI_TEST_VALKEY_IMAGE"
+    evi_log "EVI_TEST_CLIENT_IMAGE=$EVI_TEST_CLIENT_IMAGE (clients $EVI_TEST_CLIENT_HASH)"
     evi_log "CONTAINERS_CONF=$CONTAINERS_CONF"
 }
 
@@ -459,8 +636,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
         start)
             evi_test_env_up
-            printf 'export CONTAINERS_CONF=%q EVI_TEST_PODMAN_URL=%q EVI_TEST_VALKEY_IMAGE=%q\n' \
-                "$CONTAINERS_CONF" "$EVI_TEST_PODMAN_URL" "$EVI_TEST_VALKEY_IMAGE"
+            printf 'export CONTAINERS_CONF=%q EVI_TEST_PODMAN_URL=%q EVI_TEST_VALKEY_IMAGE=%q EVI_TEST_CLIENT_IMAGE=%q\n' \
+                "$CONTAINERS_CONF" "$EVI_TEST_PODMAN_URL" "$EVI_TEST_VALKEY_IMAGE" "$EVI_TEST_CLIENT_IMAGE"
             printf '# stop the service with: %q stop\n' "$0"
             ;;
         stop)
