@@ -30,11 +30,13 @@ cargo clippy --version >/dev/null 2>&1 || evi_die "clippy missing: run 'rustup c
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+# The fault-injection hooks (EVI_INSTALL_TEST_*) exist only with the test-hooks feature;
+# the end-to-end tests need them, release builds never have them.
+step "cargo clippy --all-targets --features test-hooks -- -D warnings"
+cargo clippy --all-targets --features test-hooks -- -D warnings
 
-step "cargo test${*:+ $*}"
-cargo test "$@"
+step "cargo test --features test-hooks${*:+ $*}"
+cargo test --features test-hooks "$@"
 
 if [[ -e bench/run.sh ]]; then
     step "bench/run.sh --runs 1 (smoke)"
@@ -43,6 +45,14 @@ if [[ -e bench/run.sh ]]; then
     else
         bash bench/run.sh --runs 1
     fi
+fi
+
+# bench/run.sh built the release binary (a no-op here if so): it must carry no test hook.
+step "the release binary has no test hooks"
+cargo build --release
+release_bin="${CARGO_TARGET_DIR:-target}/release/evi-install"
+if grep -q EVI_INSTALL_TEST_ "$release_bin"; then
+    evi_die "$release_bin mentions EVI_INSTALL_TEST_: the test hooks were built into a release binary"
 fi
 
 step "all checks passed"

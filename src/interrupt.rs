@@ -77,12 +77,29 @@ pub fn check(done: &[String], not_done: &[String]) -> Result<(), Interrupted> {
 }
 
 /// Test hook: `EVI_INSTALL_TEST_STEP_DELAY_MS` pauses after each action, so a
-/// test can interrupt a run at a known point.
+/// test can interrupt a run at a known point. Built only with the `test-hooks`
+/// feature: a release build ignores the variable.
 pub async fn test_delay() {
+    #[cfg(feature = "test-hooks")]
     if let Some(ms) = std::env::var("EVI_INSTALL_TEST_STEP_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What a release build does: without the `test-hooks` feature the
+    /// variable is not read at all. (`scripts/test.sh` checks the release
+    /// binary itself for the variables' names.)
+    #[cfg(not(feature = "test-hooks"))]
+    #[tokio::test(start_paused = true)]
+    async fn without_the_feature_the_step_delay_is_ignored() {
+        std::env::set_var("EVI_INSTALL_TEST_STEP_DELAY_MS", "60000");
+        let started = tokio::time::Instant::now();
+        super::test_delay().await;
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
     }
 }

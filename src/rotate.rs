@@ -44,7 +44,8 @@ pub enum RotStep {
 }
 
 impl RotStep {
-    /// A stable name, for messages and the fault-injection hook.
+    /// A stable name, for the fault-injection hook and the tests.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub fn key(&self) -> &'static str {
         match self {
             RotStep::RemoveIncomplete(_) => "remove-incomplete",
@@ -357,14 +358,17 @@ fn spec<'a>(desired: &'a Desired, name: &str) -> Result<&'a ContainerSpec> {
 
 /// Test hook: `EVI_INSTALL_TEST_KILL_AFTER=<step key>` kills the process with
 /// SIGKILL right after that step, to prove a rerun recovers from any point.
+/// Built only with the `test-hooks` feature: a release build ignores the variable.
+#[cfg(feature = "test-hooks")]
 fn fault_point(step: &RotStep) {
     if std::env::var("EVI_INSTALL_TEST_KILL_AFTER").is_ok_and(|k| k == step.key()) {
-        // SAFETY: kill(2) on our own PID has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        use rustix::process::{getpid, kill_process, Signal};
+        let _ = kill_process(getpid(), Signal::KILL);
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+fn fault_point(_step: &RotStep) {}
 
 pub struct Outcome {
     pub elapsed: Duration,

@@ -220,12 +220,7 @@ fn check_state_dir(dir: &Path) -> Result<()> {
 }
 
 fn writable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path; access() only reads it.
-    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
