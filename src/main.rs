@@ -20,6 +20,7 @@ mod rotate;
 mod secret;
 mod settings;
 mod size;
+mod timeouts;
 mod ui;
 
 use std::process::ExitCode;

@@ -305,7 +305,7 @@ fn job_spec(
         network: state.network.clone(),
         aliases: vec![],
         restart: "no".into(),
-        stop_timeout: 1,
+        stop_timeout: crate::timeouts::HELPER_STOP_SECS,
         config_hash: None,
         secret_version: None,
         labels,
@@ -314,11 +314,13 @@ fn job_spec(
 
 /// Runs the job container to completion and removes it.
 async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
-    engine.remove_container(&spec.name, 1).await?;
+    engine
+        .remove_container(&spec.name, spec.stop_timeout)
+        .await?;
     engine.create_container(spec).await?;
     let result = async {
         engine.start_container(&spec.name).await?;
-        let mut poll = Poll::new(Duration::from_secs(60));
+        let mut poll = Poll::new(crate::timeouts::JOB_RUN);
         loop {
             match engine.container_state(&spec.name).await? {
                 Some((state, code)) if has_stopped(&state) => {
@@ -332,13 +334,18 @@ async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
                     );
                 }
                 None => bail!("the rotation job container disappeared"),
-                _ if poll.expired() => bail!("the rotation job did not finish within 60s"),
+                _ if poll.expired() => bail!(
+                    "the rotation job did not finish within {}s",
+                    crate::timeouts::JOB_RUN.as_secs()
+                ),
                 _ => poll.pause().await,
             }
         }
     }
     .await;
-    engine.remove_container(&spec.name, 1).await?;
+    engine
+        .remove_container(&spec.name, spec.stop_timeout)
+        .await?;
     result
 }
 

@@ -70,12 +70,16 @@ async fn observe<E: crate::engine::Engine>(
         successor_name(BACKEND_CONTAINER),
         successor_name(WORKER_CONTAINER),
     );
+    // With the leftovers of an interrupted run, which `down` removes.
+    let probes = format!("{}*", crate::plan::PROBE_PREFIX);
     let names = [
         STATE_CONTAINER,
         BACKEND_CONTAINER,
         WORKER_CONTAINER,
         &be_next,
         &worker_next,
+        crate::rotate::JOB_CONTAINER,
+        &probes,
     ];
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)

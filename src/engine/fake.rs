@@ -18,6 +18,8 @@ pub struct FakeEngine {
     /// The first call whose description starts with this fails (once).
     pub fail_on: Option<String>,
     pub failed: Mutex<bool>,
+    /// Every container removal with the stop timeout it was given.
+    pub stop_timeouts: Mutex<Vec<(String, u64)>>,
 }
 
 impl FakeEngine {
@@ -136,8 +138,12 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn remove_container(&self, name: &str, _timeout: u64) -> Result<()> {
+    async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
+        self.stop_timeouts
+            .lock()
+            .unwrap()
+            .push((name.to_string(), timeout));
         self.host.lock().unwrap().containers.remove(name);
         Ok(())
     }
