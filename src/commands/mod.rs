@@ -42,9 +42,13 @@ pub struct Host {
 }
 
 impl Host {
-    pub async fn connect(&self) -> Result<crate::engine::podman::PodmanEngine> {
+    /// Connects to Podman; every call on the engine is bounded in time.
+    pub async fn connect(
+        &self,
+    ) -> Result<crate::engine::bounded::Bounded<crate::engine::podman::PodmanEngine>> {
         let url = crate::engine::podman::resolve_url(self.podman_url.as_deref());
-        crate::engine::podman::PodmanEngine::connect(&url).await
+        let engine = crate::engine::podman::PodmanEngine::connect(&url).await?;
+        Ok(crate::engine::bounded::Bounded::new(engine))
     }
 
     /// Takes the host lock for `command` (see `lock.rs`). From then on, until

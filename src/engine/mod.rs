@@ -3,6 +3,7 @@
 //! Everything above this line speaks in `model` types; only `podman.rs` knows
 //! the libpod API. Tests of the apply logic can use `fake.rs` instead.
 
+pub mod bounded;
 #[cfg(test)]
 pub mod fake;
 pub mod podman;
