@@ -17,6 +17,7 @@ mod plan;
 mod plan_view;
 mod render;
 mod rotate;
+mod saved_plan;
 mod secret;
 mod settings;
 mod size;

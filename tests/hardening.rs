@@ -7,6 +7,74 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// Rewrites the spec of container `name` in the saved plan at `path`.
+fn edit_saved_spec(path: &std::path::Path, name: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let step = doc["plan"]["steps"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step for {name}"));
+    edit(&mut step["change"]["spec"]);
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn an_edited_saved_plan_is_refused_with_the_first_difference_and_changes_nothing() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    let saved = site.dir.path().join("plan.json");
+    let dry = site.up(&["--dry-run", "--out", saved.to_str().unwrap()]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, &str, Edit, &str); 2] = [
+        (
+            "a bind mount of /",
+            "evi-be",
+            |spec| {
+                spec["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!(
+                        {"Bind": {"source": "/", "target": "/host", "read_only": false}}
+                    ))
+            },
+            r#"(container evi-be): mounts[0] differs: saved {"Bind":{"read_only":false,"source":"/","target":"/host"}}, now nothing"#,
+        ),
+        (
+            "another image",
+            "evi-state",
+            |spec| spec["image"] = "localhost/evil:latest".into(),
+            r#"(container evi-state): image differs: saved "localhost/evil:latest", now ""#,
+        ),
+    ];
+    for (what, name, edit, difference) in cases {
+        let edited = site.dir.path().join(format!("edited-{name}.json"));
+        std::fs::copy(&saved, &edited).unwrap();
+        edit_saved_spec(&edited, name, edit);
+        let before = snapshot_podman();
+        let out = site.up(&["--plan", edited.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{what}: {}", out.all());
+        assert!(out.stderr.contains(difference), "{what}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("review a new plan with `evi-install up --dry-run --out"),
+            "{what}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{what}: one line");
+        assert_eq!(snapshot_podman(), before, "{what}: Podman unchanged");
+        assert!(
+            !site.state_dir().exists(),
+            "{what}: nothing written, not even the lock file"
+        );
+    }
+}
+
 /// Sends `signal` to the process `pid`.
 fn kill(signal: &str, pid: u32) {
     let ok = Command::new("kill")
