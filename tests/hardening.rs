@@ -142,3 +142,62 @@ fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
     assert_eq!(up.code, 0, "{}", up.all());
     assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
 }
+
+#[test]
+fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
+    let _lock = host_lock();
+    reset_host();
+    let extra = ["evi-rotate", "evi-probe-be", "evi-probe-mine"];
+    let remove_extra = || {
+        let mut args = vec!["rm", "--force", "--ignore", "--time", "0"];
+        args.extend(extra);
+        podman_ok(&args);
+    };
+    remove_extra();
+    let site = Site::new("");
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let image = site.podman.valkey_image.as_str();
+    // What a killed rotation or probe leaves on evi-net, and someone else's
+    // container that merely shares the prefix.
+    for (name, labelled) in [
+        ("evi-rotate", true),
+        ("evi-probe-be", true),
+        ("evi-probe-mine", false),
+    ] {
+        let mut args = vec!["run", "-d", "--name", name];
+        if labelled {
+            args.extend([
+                "--label",
+                "io.evi-install.managed=true",
+                "--network",
+                "evi-net",
+            ]);
+        } else {
+            args.extend(["--network", "none"]);
+        }
+        args.extend([image, "sleep", "1000"]);
+        podman_ok(&args);
+    }
+
+    let down = site.evi().args(["down"]).run();
+    assert_eq!(down.code, 0, "{}", down.all());
+    assert!(
+        down.stderr
+            .contains("leaving container evi-probe-mine alone: it was not created by evi-install"),
+        "{}",
+        down.stderr
+    );
+    for gone in [
+        "evi-rotate",
+        "evi-probe-be",
+        "evi-state",
+        "evi-be",
+        "evi-worker",
+    ] {
+        assert_eq!(podman(&["container", "exists", gone]).code, 1, "{gone}");
+    }
+    assert_eq!(podman(&["network", "exists", "evi-net"]).code, 1);
+    assert_eq!(podman(&["container", "exists", "evi-probe-mine"]).code, 0);
+    remove_extra();
+}
