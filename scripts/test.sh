@@ -28,16 +28,18 @@ cargo clippy --version >/dev/null 2>&1 || evi_die "clippy missing: run 'rustup c
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+# The fault-injection hooks (EVI_INSTALL_TEST_*) exist only with the test-hooks feature;
+# the end-to-end tests need them, release builds never have them.
+step "cargo clippy --all-targets --features test-hooks -- -D warnings"
+cargo clippy --all-targets --features test-hooks -- -D warnings
 
 # Lane 1: Podman 4.3 with netavark + aardvark-dns (a plain `apt-get install podman`).
 # Every test: unit, CLI snapshots and the real-Podman end-to-end tests.
 step "lane 1/2: Podman 4.3, netavark + aardvark-dns: test environment"
 evi_test_lane netavark
 evi_test_env_up
-step "lane 1/2: Podman 4.3, netavark + aardvark-dns: cargo test${*:+ $*}"
-cargo test "$@"
+step "lane 1/2: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks${*:+ $*}"
+cargo test --features test-hooks "$@"
 evi_test_env_clean
 evi_test_env_stop
 
@@ -48,8 +50,8 @@ evi_test_env_stop
 step "lane 2/2: Podman 4.3, CNI without DNS: test environment"
 evi_test_lane cni
 evi_test_env_up
-step "lane 2/2: Podman 4.3, CNI without DNS: cargo test --test integration e2e:: rotation:: catalogue::"
-cargo test --test integration -- e2e:: rotation:: catalogue::
+step "lane 2/2: Podman 4.3, CNI without DNS: cargo test --features test-hooks --test integration e2e:: rotation:: catalogue::"
+cargo test --features test-hooks --test integration -- e2e:: rotation:: catalogue::
 evi_test_env_clean
 evi_test_env_stop
 
@@ -64,6 +66,14 @@ if [[ -e bench/run.sh ]]; then
     else
         bash bench/run.sh --runs 1
     fi
+fi
+
+# bench/run.sh built the release binary (a no-op here if so): it must carry no test hook.
+step "the release binary has no test hooks"
+cargo build --release
+release_bin="${CARGO_TARGET_DIR:-target}/release/evi-install"
+if grep -q EVI_INSTALL_TEST_ "$release_bin"; then
+    evi_die "$release_bin mentions EVI_INSTALL_TEST_: the test hooks were built into a release binary"
 fi
 
 step "all checks passed"

@@ -197,7 +197,10 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
         }
         Change::ReplaceContainer { spec } => replace_client(engine, spec).await,
         Change::StartContainer => start(engine, &step.name, ui, opts).await,
-        Change::RemoveContainer => engine.remove_container(&step.name, 10).await,
+        Change::RemoveContainer => {
+            let stop_secs = crate::timeouts::stop_secs_for(&step.name);
+            engine.remove_container(&step.name, stop_secs).await
+        }
         Change::RemoveSecret => engine.remove_secret(&step.name).await,
         Change::RemoveNetwork => engine.remove_network(&step.name).await,
         Change::RemoveVolume => engine.remove_volume(&step.name).await,
@@ -275,7 +278,10 @@ pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Re
     let next = successor_name(&client.name);
     let mut successor = client.clone();
     successor.name = next.clone();
-    engine.remove_container(&next, 1).await?;
+    // A leftover successor of an interrupted run may be serving: stop it as a client.
+    engine
+        .remove_container(&next, crate::timeouts::stop_secs_for(&next))
+        .await?;
     // The successor takes the fixed address its predecessor does not hold.
     if let Some(held) = engine
         .container_address(&client.name, &client.network)
@@ -294,7 +300,8 @@ pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Re
 
 /// Waits until a re-created client runs (or fails, with its logs).
 pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
-    let mut poll = Poll::new(Duration::from_secs(30));
+    let limit = crate::timeouts::CLIENT_START;
+    let mut poll = Poll::new(limit);
     loop {
         match engine.container_state(name).await? {
             Some((state, _)) if state == "running" => return Ok(()),
@@ -305,7 +312,7 @@ pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
                     redact(logs.trim())
                 );
             }
-            _ if poll.expired() => bail!("{name} did not start within 30s"),
+            _ if poll.expired() => bail!("{name} did not start within {}s", limit.as_secs()),
             _ => poll.pause().await,
         }
     }

@@ -1,5 +1,7 @@
 //! Ctrl-C and SIGTERM: the action in progress is finished, the rest is not
-//! started, and the run exits 130 or 143 after saying what was done.
+//! started, and the run exits 130 or 143 after saying what was done. A second
+//! signal stops the run at once (an action may then be half done; a rerun
+//! finishes it, as after a crash).
 //!
 //! Once `watch` has run, the signals no longer kill the process; the walkers
 //! of plans (`apply`, `rotate`) call `check` between actions.
@@ -19,11 +21,42 @@ pub fn watch() {
         if let Ok(mut stream) = signal(kind) {
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {
-                    RECEIVED.store(number, Ordering::SeqCst);
+                    let first = RECEIVED.swap(number, Ordering::SeqCst) == 0;
+                    if first {
+                        eprintln!("{}", first_notice(number));
+                    } else {
+                        crate::ui::print_error(&abort_message(number));
+                        std::process::exit(128 + number);
+                    }
                 }
             });
         }
     }
+}
+
+fn signal_name(number: i32) -> &'static str {
+    if number == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+
+/// Said at once on the first signal, so that nobody waits in the dark.
+fn first_notice(number: i32) -> String {
+    format!(
+        "{} received: finishing the action in progress, then stopping; send it again (Ctrl-C) to stop at once",
+        signal_name(number)
+    )
+}
+
+/// The error of a run stopped by a second signal.
+fn abort_message(number: i32) -> String {
+    format!(
+        "interrupted again by {}: stopped at once, the action in progress may be half done; \
+         run the same command again to finish it",
+        signal_name(number)
+    )
 }
 
 /// The run was interrupted; `done` and `not_done` describe where it stopped.
@@ -43,11 +76,7 @@ impl Interrupted {
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = if self.signal == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
+        let name = signal_name(self.signal);
         write!(
             f,
             "interrupted by {name} after finishing the action in progress"
@@ -77,12 +106,42 @@ pub fn check(done: &[String], not_done: &[String]) -> Result<(), Interrupted> {
 }
 
 /// Test hook: `EVI_INSTALL_TEST_STEP_DELAY_MS` pauses after each action, so a
-/// test can interrupt a run at a known point.
+/// test can interrupt a run at a known point. Built only with the `test-hooks`
+/// feature: a release build ignores the variable.
 pub async fn test_delay() {
+    #[cfg(feature = "test-hooks")]
     if let Some(ms) = std::env::var("EVI_INSTALL_TEST_STEP_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_messages_name_the_signal_and_the_fix() {
+        assert_eq!(
+            super::first_notice(libc::SIGINT),
+            "SIGINT received: finishing the action in progress, then stopping; send it again (Ctrl-C) to stop at once"
+        );
+        assert_eq!(
+            super::abort_message(libc::SIGTERM),
+            "interrupted again by SIGTERM: stopped at once, the action in progress may be half done; \
+             run the same command again to finish it"
+        );
+    }
+
+    /// What a release build does: without the `test-hooks` feature the
+    /// variable is not read at all. (`scripts/test.sh` checks the release
+    /// binary itself for the variables' names.)
+    #[cfg(not(feature = "test-hooks"))]
+    #[tokio::test(start_paused = true)]
+    async fn without_the_feature_the_step_delay_is_ignored() {
+        std::env::set_var("EVI_INSTALL_TEST_STEP_DELAY_MS", "60000");
+        let started = tokio::time::Instant::now();
+        super::test_delay().await;
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
     }
 }

@@ -5,14 +5,14 @@
 //! holder writes its PID and command into the file so a waiting run can say
 //! who it is waiting for.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::fsutil::create_dirs;
 use crate::settings::io_reason;
@@ -30,29 +30,17 @@ impl HostLock {
     pub async fn acquire(state_dir: &Path, command: &str, timeout: Duration) -> Result<HostLock> {
         create_dirs(state_dir)?;
         let path = state_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| {
-                anyhow!(
-                    "cannot open the lock file {}: {}",
-                    path.display(),
-                    io_reason(&e)
-                )
-            })?;
+        let mut file = open_lock_file(&path)?;
         let deadline = Instant::now() + timeout;
         loop {
-            // SAFETY: a valid open descriptor; flock does not touch memory.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                bail!("cannot lock {}: {}", path.display(), io_reason(&err));
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(Errno::WOULDBLOCK) => {}
+                Err(e) => bail!(
+                    "cannot lock {}: {}",
+                    path.display(),
+                    io_reason(&std::io::Error::from(e))
+                ),
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -72,6 +60,40 @@ impl HostLock {
             .and_then(|_| writeln!(file, "pid={} command={command}", std::process::id()));
         Ok(HostLock { _file: file })
     }
+}
+
+/// Opens (or creates, 0644) the lock file without following a symbolic link
+/// and without truncating it: only the holder of the lock rewrites it.
+/// Anyone who could plant a link in the state directory could otherwise make
+/// this root process write to a file of their choosing.
+fn open_lock_file(path: &Path) -> Result<File> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644)).map_err(|e| {
+        if e == Errno::LOOP {
+            anyhow!(
+                "the lock file {} is a symbolic link, which evi-install does not follow; \
+                 remove it (`rm {}`) and run again",
+                path.display(),
+                path.display()
+            )
+        } else {
+            anyhow!(
+                "cannot open the lock file {}: {}",
+                path.display(),
+                io_reason(&std::io::Error::from(e))
+            )
+        }
+    })?;
+    let kind = rustix::fs::fstat(&fd)
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+        .map_err(|e| anyhow!("cannot inspect the lock file {}: {e}", path.display()))?;
+    if kind != FileType::RegularFile {
+        bail!(
+            "the lock file {} is not a regular file; remove it and run again",
+            path.display()
+        );
+    }
+    Ok(File::from(fd))
 }
 
 fn holder(file: &mut File, path: &Path) -> String {
@@ -109,5 +131,56 @@ mod tests {
         HostLock::acquire(dir.path(), "down", Duration::from_millis(200))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_lock_file_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me\n").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&target, state.join(LOCK_FILE)).unwrap();
+        let err = HostLock::acquire(&state, "up", Duration::from_millis(200))
+            .await
+            .err()
+            .expect("a symlink is refused");
+        let lock = state.join(LOCK_FILE);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the lock file {} is a symbolic link, which evi-install does not follow; remove it (`rm {}`) and run again",
+                lock.display(),
+                lock.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_run_leaves_the_holders_record_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = HostLock::acquire(dir.path(), "up", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let record = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(record.starts_with("pid="), "{record}");
+        assert!(
+            HostLock::acquire(dir.path(), "down", Duration::from_millis(150))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn the_lock_file_is_not_inherited_by_child_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = open_lock_file(&dir.path().join(LOCK_FILE)).unwrap();
+        let flags = rustix::io::fcntl_getfd(&file).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
     }
 }

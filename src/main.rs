@@ -19,9 +19,11 @@ mod plan_view;
 mod reach;
 mod render;
 mod rotate;
+mod saved_plan;
 mod secret;
 mod settings;
 mod size;
+mod timeouts;
 mod ui;
 
 use std::process::ExitCode;

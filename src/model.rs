@@ -39,10 +39,14 @@ pub fn successor_name(name: &str) -> String {
     format!("{name}-next")
 }
 
-/// Containers that exist only during a run: one found later is a leftover of
-/// an interrupted run.
+/// Containers that exist only during a run (a client's successor, the
+/// rotation job, a probe): one found later is a leftover of an interrupted
+/// run, and left on evi-net it would block its removal.
 pub fn is_leftover(name: &str) -> bool {
-    name.ends_with("-next") || name == JOB_CONTAINER || name.starts_with(PROBE_CONTAINER)
+    name == successor_name(BACKEND_CONTAINER)
+        || name == successor_name(WORKER_CONTAINER)
+        || name == JOB_CONTAINER
+        || name.starts_with(PROBE_CONTAINER)
 }
 
 /// Where evi-state finds its config and its password inside the container.

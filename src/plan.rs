@@ -188,9 +188,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     Ok(Plan { steps })
 }
 
-/// What `down` removes: our containers (clients first) and the network; with
-/// `purge`, also the data volume, the secrets and the config file. Resources
-/// under our names that we do not own are left alone and reported in `skipped`.
+/// What `down` removes: leftovers of an interrupted run, our containers
+/// (clients first) and the network; with `purge`, also the data volume, the
+/// secrets and the config file. Resources under our names that we do not own
+/// are left alone and reported in `skipped`.
 pub fn plan_down(
     observed: &Observed,
     network: &str,
@@ -200,6 +201,24 @@ pub fn plan_down(
     let mut steps = Vec::new();
     let mut skipped = Vec::new();
     let mut foreign = |kind: Kind, name: &str| skipped.push(format!("{} {name}", kind.as_str()));
+    for c in observed
+        .containers
+        .values()
+        .filter(|c| is_leftover(&c.name))
+    {
+        if c.owned() {
+            let reason = "down: left over from an interrupted run";
+            steps.push(step(
+                Kind::Container,
+                &c.name,
+                Verb::Remove,
+                reason,
+                Change::RemoveContainer,
+            ));
+        } else {
+            foreign(Kind::Container, &c.name);
+        }
+    }
     for name in [WORKER_CONTAINER, BACKEND_CONTAINER, STATE_CONTAINER] {
         match observed.containers.get(name) {
             Some(c) if c.owned() => steps.push(step(
@@ -775,6 +794,85 @@ mod tests {
         assert!(!plan_down(&Observed::default(), "evi-net", "/s", true)
             .0
             .has_changes());
+    }
+
+    #[test]
+    fn down_removes_our_leftovers_of_an_interrupted_run_first_and_only_ours() {
+        let d = app();
+        let leftover = |name: &str, owned: bool| ObservedContainer {
+            name: name.into(),
+            labels: if owned { owned_labels() } else { Labels::new() },
+            running: true,
+            state: "running".into(),
+            ..Default::default()
+        };
+        type Case = (
+            &'static str,
+            Vec<(&'static str, bool)>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a rotation killed mid-way",
+                vec![("evi-be-next", true), ("evi-rotate", true)],
+                vec![
+                    "Remove container evi-be-next",
+                    "Remove container evi-rotate",
+                ],
+                vec![],
+            ),
+            (
+                "a worker successor and two probes",
+                vec![
+                    ("evi-worker-next", true),
+                    ("evi-probe-be", true),
+                    ("evi-probe", true),
+                ],
+                vec![
+                    "Remove container evi-probe",
+                    "Remove container evi-probe-be",
+                    "Remove container evi-worker-next",
+                ],
+                vec![],
+            ),
+            (
+                "someone else's containers under those names",
+                vec![
+                    ("evi-probe-mine", false),
+                    ("evi-rotate", false),
+                    ("evi-be-next", true),
+                ],
+                vec!["Remove container evi-be-next"],
+                vec!["container evi-probe-mine", "container evi-rotate"],
+            ),
+            (
+                "names that are not leftovers are not touched",
+                vec![
+                    ("evi-prob", true),
+                    ("evi-state-next", true),
+                    ("evi-be-old", true),
+                ],
+                vec![],
+                vec![],
+            ),
+        ];
+        let stack = [
+            "Remove container evi-worker",
+            "Remove container evi-be",
+            "Remove container evi-state",
+            "Remove network evi-net",
+        ];
+        for (what, present, removed_first, expected_skipped) in cases {
+            let mut o = converged(&d);
+            for (name, owned) in present {
+                o.containers.insert(name.into(), leftover(name, owned));
+            }
+            let (p, skipped) = plan_down(&o, "evi-net", "/s/valkey.conf", false);
+            let expected: Vec<&str> = removed_first.iter().chain(&stack).copied().collect();
+            assert_eq!(summary(&p), expected, "{what}");
+            assert_eq!(skipped, expected_skipped, "{what}");
+        }
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub enum RotStep {
 }
 
 impl RotStep {
-    /// A stable name, for messages and the fault-injection hook.
+    /// A stable name, for the fault-injection hook and the tests.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub fn key(&self) -> &'static str {
         match self {
             RotStep::RemoveIncomplete(_) => "remove-incomplete",
@@ -313,20 +314,16 @@ fn job_spec(
         hosts: vec![crate::addressing::state_host_entry(subnet)],
         network_of: None,
         restart: "no".into(),
-        stop_timeout: 1,
+        stop_timeout: crate::timeouts::HELPER_STOP_SECS,
         config_hash: None,
         secret_version: None,
         labels,
     }
 }
 
-/// How long a rotation job may run: a handful of valkey-cli round trips,
-/// each with its own 2 s connection timeout.
-const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Runs the job container to completion and removes it.
 async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
-    let (code, logs) = crate::reach::run_once(engine, spec, JOB_TIMEOUT).await?;
+    let (code, logs) = crate::reach::run_once(engine, spec, crate::timeouts::JOB_RUN).await?;
     if code != 0 {
         bail!(
             "the rotation job failed (exit code {code}): {}",
@@ -352,14 +349,17 @@ fn spec<'a>(desired: &'a Desired, name: &str) -> Result<&'a ContainerSpec> {
 
 /// Test hook: `EVI_INSTALL_TEST_KILL_AFTER=<step key>` kills the process with
 /// SIGKILL right after that step, to prove a rerun recovers from any point.
+/// Built only with the `test-hooks` feature: a release build ignores the variable.
+#[cfg(feature = "test-hooks")]
 fn fault_point(step: &RotStep) {
     if std::env::var("EVI_INSTALL_TEST_KILL_AFTER").is_ok_and(|k| k == step.key()) {
-        // SAFETY: kill(2) on our own PID has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        use rustix::process::{getpid, kill_process, Signal};
+        let _ = kill_process(getpid(), Signal::KILL);
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+fn fault_point(_step: &RotStep) {}
 
 pub struct Outcome {
     pub elapsed: Duration,

@@ -7,5 +7,6 @@
 mod catalogue;
 mod cli;
 mod e2e;
+mod hardening;
 mod rotation;
 mod support;

@@ -209,6 +209,7 @@ fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
 
 #[test]
 fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
+    require_test_hooks();
     let _lock = host_lock();
     let steps = [
         "create-secrets",
@@ -354,6 +355,7 @@ fn interrupt_after_first_action(
 
 #[test]
 fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
+    require_test_hooks();
     let _lock = host_lock();
     reset_host();
     let site = Site::new("");

@@ -42,9 +42,13 @@ pub struct Host {
 }
 
 impl Host {
-    pub async fn connect(&self) -> Result<crate::engine::podman::PodmanEngine> {
+    /// Connects to Podman; every call on the engine is bounded in time.
+    pub async fn connect(
+        &self,
+    ) -> Result<crate::engine::bounded::Bounded<crate::engine::podman::PodmanEngine>> {
         let url = crate::engine::podman::resolve_url(self.podman_url.as_deref());
-        crate::engine::podman::PodmanEngine::connect(&url).await
+        let engine = crate::engine::podman::PodmanEngine::connect(&url).await?;
+        Ok(crate::engine::bounded::Bounded::new(engine))
     }
 
     /// Takes the host lock for `command` (see `lock.rs`). From then on, until
@@ -71,6 +75,8 @@ async fn observe<E: crate::engine::Engine>(
         successor_name(BACKEND_CONTAINER),
         successor_name(WORKER_CONTAINER),
     );
+    // With the leftovers of an interrupted run, which `down` removes.
+    let probes = format!("{PROBE_CONTAINER}*");
     let names = [
         STATE_CONTAINER,
         BACKEND_CONTAINER,
@@ -78,7 +84,7 @@ async fn observe<E: crate::engine::Engine>(
         &be_next,
         &worker_next,
         JOB_CONTAINER,
-        PROBE_CONTAINER,
+        &probes,
     ];
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 
 use super::{observe, Host};
@@ -57,7 +57,7 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         return show_plan(&document, args, ui);
     }
     if let Some(path) = &args.plan {
-        load_saved_plan(path, &document)?;
+        crate::saved_plan::check(path, &document)?;
     }
     if !document.plan.has_changes() {
         ui.result(&plan_view::summary_line(&document.plan));
@@ -72,12 +72,12 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     // have changed the host while this one waited.
     let _lock = ctx.lock(settings, "up").await?;
     let observed = observe(&engine, settings).await?;
-    let current = make_document(settings, &conf, &observed)?;
+    let to_apply = make_document(settings, &conf, &observed)?;
     let version = secret_version_for(&observed);
-    let to_apply = match &args.plan {
-        Some(path) => load_saved_plan(path, &current)?,
-        None => current,
-    };
+    // What is applied is always the plan made now; a saved one must equal it.
+    if let Some(path) = &args.plan {
+        crate::saved_plan::check(path, &to_apply)?;
+    }
     if !to_apply.plan.has_changes() {
         ui.result(&plan_view::summary_line(&to_apply.plan));
         return Ok(exit::OK);
@@ -171,46 +171,6 @@ fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {
     })
 }
 
-/// Reads a saved plan and checks it still fits: same settings, same host.
-fn load_saved_plan(path: &Path, current: &PlanDocument) -> Result<PlanDocument> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        anyhow!(
-            "cannot read the saved plan {}: {}",
-            path.display(),
-            io_reason(&e)
-        )
-    })?;
-    let saved: PlanDocument = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a plan saved by `evi-install up --dry-run --out`",
-            path.display()
-        )
-    })?;
-    if saved.format_version != plan_view::FORMAT_VERSION {
-        bail!(
-            "the saved plan {} has format version {}, this evi-install reads {}; make a new plan with `up --dry-run --out`",
-            path.display(),
-            saved.format_version,
-            plan_view::FORMAT_VERSION
-        );
-    }
-    if saved.settings_fingerprint != current.settings_fingerprint {
-        bail!(
-            "the settings changed since the plan {} was made; review a new plan with `evi-install up --dry-run --out {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    if saved.host_fingerprint != current.host_fingerprint {
-        bail!(
-            "the host changed since the plan {} was made; review a new plan with `evi-install up --dry-run --out {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(saved)
-}
-
 fn settings_fingerprint(settings: &Settings, conf: &str) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(settings).unwrap_or_default());
@@ -245,12 +205,7 @@ fn check_state_dir(dir: &Path) -> Result<()> {
 }
 
 fn writable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path; access() only reads it.
-    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// MemTotal from /proc/meminfo, in bytes.

@@ -22,6 +22,8 @@ pub struct FakeEngine {
     pub created: Mutex<Vec<ContainerSpec>>,
     /// The address each container holds, as `container_address` reports it.
     pub addresses: Mutex<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
+    /// Every container removal with the stop timeout it was given.
+    pub stop_timeouts: Mutex<Vec<(String, u64)>>,
 }
 
 impl FakeEngine {
@@ -149,8 +151,12 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn remove_container(&self, name: &str, _timeout: u64) -> Result<()> {
+    async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
+        self.stop_timeouts
+            .lock()
+            .unwrap()
+            .push((name.to_string(), timeout));
         self.host.lock().unwrap().containers.remove(name);
         Ok(())
     }

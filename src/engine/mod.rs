@@ -3,6 +3,7 @@
 //! Everything above this line speaks in `model` types; only `podman.rs` knows
 //! the libpod API. Tests of the apply logic can use `fake.rs` instead.
 
+pub mod bounded;
 #[cfg(test)]
 pub mod fake;
 pub mod podman;
@@ -27,7 +28,8 @@ pub struct ExecOutput {
 #[allow(async_fn_in_trait)]
 pub trait Engine {
     /// The network (with its subnets), the subnets of every other network,
-    /// the volume, our secrets and our containers, by name.
+    /// the volume, our secrets and our containers, by name (a name ending in
+    /// `*` stands for every name with that prefix).
     async fn observe(&self, network: &str, volume: &str, containers: &[&str]) -> Result<Observed>;
     /// Creates a secret holding exactly `value`'s bytes.
     async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()>;
@@ -63,6 +65,15 @@ pub trait Engine {
     async fn pull_image(&self, image: &str) -> Result<()>;
 }
 
+/// Whether a container name is one `observe` was asked for: `pattern` is a
+/// name, or a prefix followed by `*`.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
 /// Creates both secrets of a password generation.
 ///
 /// The URL secret goes first: the password secret's presence is what marks a
@@ -89,4 +100,18 @@ pub async fn create_secret_pair<E: Engine>(
             password.expose(),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn observed_names_are_exact_or_a_prefix() {
+        assert!(name_matches("evi-rotate", "evi-rotate"));
+        assert!(!name_matches("evi-rotate", "evi-rotate-2"));
+        assert!(name_matches("evi-probe*", "evi-probe"));
+        assert!(name_matches("evi-probe*", "evi-probe-be"));
+        assert!(!name_matches("evi-probe*", "evi-prob"));
+    }
 }

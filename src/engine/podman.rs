@@ -118,7 +118,10 @@ impl PodmanEngine {
             let Some(name) = c.names.as_ref().and_then(|n| n.first()).cloned() else {
                 continue;
             };
-            if !names.contains(&name.as_str()) {
+            if !names
+                .iter()
+                .any(|pattern| super::name_matches(pattern, &name))
+            {
                 continue;
             }
             let state = c.state.clone().unwrap_or_default();

@@ -76,6 +76,15 @@ pub fn test_podman() -> TestPodman {
     }
 }
 
+/// Tests that drive the binary's fault-injection hooks (`EVI_INSTALL_TEST_*`)
+/// need them built in: they exist only with the `test-hooks` feature, which
+/// `scripts/test.sh` enables. Without it such a test fails loudly, never skips.
+pub fn require_test_hooks() {
+    if !cfg!(feature = "test-hooks") {
+        panic!("this test needs the binary's test hooks: run it with `cargo test --features test-hooks` (scripts/test.sh does)");
+    }
+}
+
 /// The end-to-end tests share one host and fixed resource names (evi-state,
 /// evi-net, ...), so they take turns: within this process through a mutex, and
 /// with other processes (a second test run, `bench/run.sh`) through an flock on

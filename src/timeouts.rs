@@ -1,0 +1,114 @@
+//! Every wait evi-install makes, named, in one place.
+//!
+//! The stop timeouts are part of the container specs (`desired.rs`); removing
+//! a container that has no spec at hand (`down`, an unwanted client, a
+//! leftover of an interrupted run) uses the same value for its name, so a
+//! container is never stopped harder than the spec it was created from says.
+
+use std::time::Duration;
+
+use crate::model::{successor_name, BACKEND_CONTAINER, STATE_CONTAINER, WORKER_CONTAINER};
+
+/// evi-state: long enough for Valkey to finish writing its AOF on SIGTERM.
+pub const STATE_STOP_SECS: u64 = 30;
+/// evi-be and evi-worker.
+pub const CLIENT_STOP_SECS: u64 = 10;
+/// The rotation job and other short-lived helpers: nothing to save.
+pub const HELPER_STOP_SECS: u64 = 1;
+
+/// How long a re-created client may take to reach `running`.
+pub const CLIENT_START: Duration = Duration::from_secs(30);
+/// How long the rotation job may take to run to completion.
+pub const JOB_RUN: Duration = Duration::from_secs(60);
+
+/// The seconds `podman stop` waits before SIGKILL for the container `name`.
+pub fn stop_secs_for(name: &str) -> u64 {
+    let client = |c: &str| name == c || name == successor_name(c);
+    if name == STATE_CONTAINER {
+        STATE_STOP_SECS
+    } else if client(BACKEND_CONTAINER) || client(WORKER_CONTAINER) {
+        CLIENT_STOP_SECS
+    } else {
+        HELPER_STOP_SECS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_container_is_stopped_as_its_spec_says() {
+        let settings = crate::settings::from_yaml(
+            Some((
+                std::path::Path::new("evi.yaml"),
+                "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+            )),
+            None,
+        )
+        .unwrap();
+        let desired =
+            crate::desired::build(&settings, "port 6379\n", crate::model::SecretVersion(1));
+        for spec in &desired.containers {
+            assert_eq!(
+                stop_secs_for(&spec.name),
+                spec.stop_timeout,
+                "{}",
+                spec.name
+            );
+        }
+        assert_eq!(stop_secs_for("evi-state"), 30, "Valkey's AOF gets its time");
+        assert_eq!(stop_secs_for("evi-be-next"), CLIENT_STOP_SECS);
+        assert_eq!(stop_secs_for("evi-worker-next"), CLIENT_STOP_SECS);
+        assert_eq!(stop_secs_for("evi-rotate"), HELPER_STOP_SECS);
+        assert_eq!(stop_secs_for("evi-probe-be"), HELPER_STOP_SECS);
+    }
+
+    fn owned(name: &str) -> crate::model::ObservedContainer {
+        crate::model::ObservedContainer {
+            name: name.into(),
+            labels: crate::desired::owned_labels(),
+            running: true,
+            state: "running".into(),
+            ..Default::default()
+        }
+    }
+
+    /// `down` and `up` remove containers that have no spec in the plan; each
+    /// still gets the stop timeout its spec gives it.
+    #[tokio::test]
+    async fn removals_without_a_spec_at_hand_use_the_specs_stop_timeout() {
+        use crate::engine::fake::FakeEngine;
+        let engine = FakeEngine::default();
+        {
+            let mut host = engine.host.lock().unwrap();
+            for name in [
+                "evi-state",
+                "evi-be",
+                "evi-worker",
+                "evi-be-next",
+                "evi-rotate",
+            ] {
+                host.containers.insert(name.into(), owned(name));
+            }
+        }
+        let observed = engine.host.lock().unwrap().clone();
+        let (plan, _) = crate::plan::plan_down(&observed, "evi-net", "/s/valkey.conf", false);
+        let opts = crate::apply::Options::new(Duration::from_secs(0));
+        crate::apply::apply(&engine, &plan, &crate::ui::Ui::silent(), &opts)
+            .await
+            .unwrap();
+        let got = engine.stop_timeouts.lock().unwrap().clone();
+        let want: Vec<(String, u64)> = [
+            ("evi-be-next", 10),
+            ("evi-rotate", 1),
+            ("evi-worker", 10),
+            ("evi-be", 10),
+            ("evi-state", 30),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), *t))
+        .collect();
+        assert_eq!(got, want);
+    }
+}
