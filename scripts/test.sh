@@ -50,8 +50,8 @@ evi_test_env_stop
 step "lane 2/2: Podman 4.3, CNI without DNS: test environment"
 evi_test_lane cni
 evi_test_env_up
-step "lane 2/2: Podman 4.3, CNI without DNS: cargo test --features test-hooks --test integration e2e:: rotation:: catalogue::"
-cargo test --features test-hooks --test integration -- e2e:: rotation:: catalogue::
+step "lane 2/2: Podman 4.3, CNI without DNS: cargo test --features test-hooks --test integration e2e:: rotation:: catalogue:: clients::"
+cargo test --features test-hooks --test integration -- e2e:: rotation:: catalogue:: clients::
 evi_test_env_clean
 evi_test_env_stop
 

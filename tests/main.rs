@@ -5,6 +5,7 @@
 //! them those tests fail loudly, naming the command to run.
 
 mod catalogue;
+mod clients;
 mod cli;
 mod e2e;
 mod hardening;
