@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 pub mod fake;
+mod libpod_json;
 pub mod podman;
 
 use anyhow::Result;
