@@ -2,8 +2,7 @@
 # THE test command for evi-install (the README's "scripts/test.sh", and what CI runs via
 # .ci/run): lint, unit and end-to-end tests against a real Podman, then a benchmark smoke
 # run, then the end-to-end tests again against Podman 5.4. Extra arguments go to
-# `cargo test`, e.g. `scripts/test.sh -- --nocapture`; in the Podman 5 lane, the ones after
-# `--` go to the test binary.
+# `cargo test` in both lanes, e.g. `scripts/test.sh e2e -- --nocapture`.
 #
 # Two lanes, because operators run both: the host's Podman 4.3 (Debian 12), and Debian
 # trixie's Podman 5.4 nested in a container of the host's Podman (scripts/podman5-env.sh).
@@ -53,28 +52,29 @@ if [[ -e bench/run.sh ]]; then
     fi
 fi
 
-# The second lane: only the modules that talk to Podman (the unit and cli tests already ran).
-# Leaves out one test: the full-disk one mounts a tmpfs over its state directory after the
-# nested Podman started, and the host's mounts are private, so the nested Podman would not
-# see it; what it tests (atomic config writes) does not depend on Podman.
+# The second lane: the integration tests that talk to Podman (the unit and cli tests already
+# ran), or, when extra arguments were given, what they select (e.g. `scripts/test.sh e2e --
+# --nocapture` runs e2e in both lanes). One test is always left out: the full-disk one mounts
+# a tmpfs over its state directory after the nested Podman started, the host's mounts are
+# private so the nested Podman would never see it, and what it tests (atomic config writes)
+# does not depend on Podman.
 if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
     step "lane 2: Podman 5.4 (nested): start the service"
     lane2_start=$SECONDS
     evi_podman5_up
-    # Only what follows `--` in our arguments is for the test binary (filters, --nocapture).
-    lane2_args=()
-    seen_dashes=0
-    for arg in "$@"; do
-        if ((seen_dashes)); then
-            lane2_args+=("$arg")
-        elif [[ "$arg" == -- ]]; then
-            seen_dashes=1
-        fi
-    done
-    # libtest runs a test when its name matches any of the filters.
-    step "lane 2: Podman 5.4 (nested): cargo test --test integration -- e2e:: rotation:: catalogue::"
-    cargo test --test integration -- "${lane2_args[@]}" e2e:: rotation:: catalogue:: \
-        --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
+    lane2_skip=(--skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact)
+    has_dashes=0
+    for arg in "$@"; do [[ "$arg" != -- ]] || has_dashes=1; done
+    if (($# == 0)); then
+        # libtest runs a test when its name matches any of the filters.
+        lane2_args=(-- e2e:: rotation:: catalogue:: "${lane2_skip[@]}")
+    elif ((has_dashes)); then
+        lane2_args=("$@" "${lane2_skip[@]}")
+    else
+        lane2_args=("$@" -- "${lane2_skip[@]}")
+    fi
+    step "lane 2: Podman 5.4 (nested): cargo test --test integration ${lane2_args[*]}"
+    cargo test --test integration "${lane2_args[@]}"
     evi_podman5_stop
     evi_log "lane 2 (Podman 5.4) took $((SECONDS - lane2_start))s"
 fi
