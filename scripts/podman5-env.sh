@@ -32,7 +32,9 @@ EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 # Not `evi-...`: the tests reset every resource named like theirs (evi-state, evi-net,
 # evi-* secrets); the harness container must never look like one of them.
 EVI_P5_NAME="${EVI_P5_NAME:-evi-test-podman5}"
-EVI_P5_IMAGE="${EVI_P5_IMAGE:-localhost/evi-test-podman5:trixie}"
+# The host's tests lock, taken while the container is created or removed: other test runs on
+# the host compare `podman ps -a` before and after each step.
+EVI_P5_HOST_LOCK=/tmp/evi-host.lock
 EVI_P5_DIR="$EVI_TEST_DIR/podman5"
 # The nested Podman's graphroot, on the host's disk: nested overlay needs a non-overlay
 # directory under it (the host's own storage is overlay). Kept between runs, so loaded
@@ -41,6 +43,9 @@ EVI_P5_STORAGE="$EVI_P5_DIR/storage"
 EVI_P5_PACKAGES=(podman crun runc conmon catatonit netavark aardvark-dns nftables iptables
     uidmap ca-certificates fuse-overlayfs)
 EVI_P5_TIMEOUT="${EVI_P5_TIMEOUT:-60}"
+# The tag names the package list, so a changed list builds a new image instead of reusing
+# a cached one without the new package.
+EVI_P5_IMAGE="${EVI_P5_IMAGE:-localhost/evi-test-podman5:trixie-$(printf '%s\n' "${EVI_P5_PACKAGES[@]}" | md5sum | cut -c1-8)}"
 
 evi_p5_log() { printf '[podman5-env] %s\n' "$*" >&2; }
 evi_p5_die() {
@@ -69,9 +74,12 @@ evi_p5_ping() {
 
 # The host's podman, with test-env.sh's containers.conf (runc, ulimits 4096): without it the
 # outer container does not start on these machines.
-evi_p5_host_podman() {
+evi_p5_require_conf() {
     [[ -n "${CONTAINERS_CONF:-}" ]] ||
         evi_p5_die "CONTAINERS_CONF is not set: run evi_test_env_up (scripts/test-env.sh) first"
+}
+evi_p5_host_podman() {
+    evi_p5_require_conf
     podman "$@"
 }
 
@@ -164,7 +172,8 @@ EOF
 # Remove the container (whatever state it is in). Never fails, so it can sit in an EXIT trap.
 evi_podman5_stop() {
     if podman container exists "$EVI_P5_NAME" 2>/dev/null; then
-        podman rm --force --time 5 "$EVI_P5_NAME" >/dev/null 2>&1 ||
+        # flock -o: the lock is not inherited by anything podman leaves running.
+        flock -o "$EVI_P5_HOST_LOCK" podman rm --force --time 5 "$EVI_P5_NAME" >/dev/null 2>&1 ||
             evi_p5_log "could not remove container $EVI_P5_NAME"
         evi_p5_log "container $EVI_P5_NAME removed"
     fi
@@ -196,7 +205,9 @@ evi_p5_start() {
     # --network none: the nested netavark builds its bridges in this private namespace and
     # never touches the host's. catatonit as PID 1 reaps exited children (the service as
     # PID 1 lets them pile up as zombies). The cgroup v1 warning would go to every CLI call.
-    evi_p5_host_podman run -d --name "$EVI_P5_NAME" --privileged --network none \
+    # flock -o: conmon and the service outlive this command and must not hold the lock.
+    evi_p5_require_conf
+    flock -o "$EVI_P5_HOST_LOCK" podman run -d --name "$EVI_P5_NAME" --privileged --network none \
         --env PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
         "${mounts[@]}" \
         "$EVI_P5_IMAGE" \
