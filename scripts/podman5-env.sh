@@ -30,8 +30,10 @@ set -euo pipefail
 EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 # Not `evi-...`: the tests reset every resource named like theirs (evi-state, evi-net,
-# evi-* secrets); the harness container must never look like one of them.
-EVI_P5_NAME="${EVI_P5_NAME:-evi-test-podman5}"
+# evi-* secrets); the harness container must never look like one of them. One per checkout
+# (keyed like the socket fallback below): test runs of two checkouts on one host must not
+# remove each other's Podman 5.
+EVI_P5_NAME="${EVI_P5_NAME:-evi-test-podman5-$(printf '%s' "$EVI_REPO" | md5sum | cut -c1-8)}"
 # The host's tests lock, taken while the container is created or removed: other test runs on
 # the host compare `podman ps -a` before and after each step.
 EVI_P5_HOST_LOCK=/tmp/evi-host.lock

@@ -467,7 +467,7 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
         out.stdout
     );
     // `name=evi-` matches anywhere in a name: the harness's own containers
-    // (`evi-test-podman5`, the Podman 5 lane) are not ours.
+    // (`evi-test-podman5-*`, the Podman 5 lane) are not ours.
     let left: Vec<String> = podman_ok(&[
         "ps",
         "-a",
