@@ -466,21 +466,22 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
         "{}",
         out.stdout
     );
-    // `name=evi-` matches anywhere in a name: the harness's own containers
-    // (`evi-test-podman5-*`, the Podman 5 lane) are not ours.
-    let left: Vec<String> = podman_ok(&[
-        "ps",
-        "-a",
-        "--filter",
-        "name=evi-",
-        "--format",
-        "{{.Names}}",
-    ])
-    .lines()
-    .filter(|n| !n.starts_with("evi-test-"))
-    .map(String::from)
-    .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Every container evi-install made carries its label, whatever the name
+    // (temporary successors included). Not `name=evi-`, which matches anywhere
+    // in a name: the host may hold others' containers (the Podman 5 lane's
+    // `evi-test-podman5-*`, a colleague's probe).
+    assert_eq!(
+        podman_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.evi-install.managed",
+            "--format",
+            "{{.Names}}"
+        ])
+        .trim(),
+        ""
+    );
     assert_ne!(podman(&["network", "exists", "evi-net"]).code, 0);
     assert_eq!(
         podman(&["volume", "exists", "evi-state-data"]).code,
