@@ -310,7 +310,7 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             &["secret `evi-state-password-v1` exists but was not created by evi-install"],
             |s| {
                 settings_with(s, "");
-                let mut child = Command::new("podman")
+                let mut child = podman_command()
                     .args(["secret", "create", "evi-state-password-v1", "-"])
                     .stdin(std::process::Stdio::piped())
                     .spawn()
@@ -428,8 +428,9 @@ fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
     let tar = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C {} -c . | podman import - localhost/evi-broken-state:1",
-            root.display()
+            "tar -C {} -c . | {} import - localhost/evi-broken-state:1",
+            root.display(),
+            podman_program()
         ))
         .output()
         .unwrap();

@@ -71,7 +71,12 @@ fn collected(mut child: Child) -> Vec<serde_json::Value> {
     }
     let _ = child.kill();
     let mut text = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     let _ = child.wait();
     parse_stats(&text)
 }

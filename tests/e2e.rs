@@ -496,6 +496,10 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
         "{}",
         out.stdout
     );
+    // Every container evi-install made carries its label, whatever the name
+    // (temporary successors included). Not `name=evi-`, which matches anywhere
+    // in a name: the host may hold others' containers (the Podman 5 lane's
+    // `evi-test-podman5-*`, a colleague's probe).
     assert_eq!(
         podman_ok(&[
             "ps",

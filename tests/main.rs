@@ -5,8 +5,8 @@
 //! them those tests fail loudly, naming the command to run.
 
 mod catalogue;
-mod clients;
 mod cli;
+mod clients;
 mod e2e;
 mod hardening;
 mod rotation;

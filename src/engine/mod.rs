@@ -6,6 +6,7 @@
 pub mod bounded;
 #[cfg(test)]
 pub mod fake;
+mod libpod_json;
 pub mod podman;
 
 use anyhow::Result;

@@ -5,7 +5,8 @@
 //! calls on purpose, through the same containers-api request client:
 //! - secret creation, because podman-api JSON-encodes the value and the
 //!   secret would hold the quotes (vv9k/podman-api-rs#176);
-//! - nothing else yet.
+//! - container inspect, decoded by `libpod_json` because podman-api's typed
+//!   model cannot read Podman 5's shapes of fields the tool never uses.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -493,22 +494,20 @@ impl Engine for PodmanEngine {
     }
 
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
-        match self.podman.containers().get(name).inspect().await {
-            Ok(c) => {
-                let status = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.status.clone())
-                    .unwrap_or_default();
-                let code = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.exit_code)
-                    .unwrap_or_default();
-                Ok(Some((status, i64::from(code))))
+        // Decoded by libpod_json, not podman-api's typed inspect, which cannot
+        // read Podman 5's shapes of fields the tool never uses.
+        let endpoint = format!("/v{API_VERSION}/libpod/containers/{name}/json");
+        match self.raw.get(&endpoint).await {
+            Ok(response) => {
+                let body = hyper::body::to_bytes(response.into_body())
+                    .await
+                    .map_err(|e| anyhow!("inspect container {name}: {e}"))?;
+                let state = super::libpod_json::container_state(&body)
+                    .with_context(|| format!("inspect container {name}"))?;
+                Ok(Some(state))
             }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(fault(&format!("inspect container {name}"), e)),
+            Err(conn::Error::Fault { code, .. }) if code.as_u16() == 404 => Ok(None),
+            Err(e) => Err(anyhow!("inspect container {name}: {}", flatten(&e))),
         }
     }
 

@@ -119,12 +119,26 @@ pub fn host_lock() -> HostGuard {
     }
 }
 
+/// The podman CLI on the same storage as the service under test: the host's
+/// `podman`, or, when `EVI_TEST_PODMAN_CLI` is set, that program instead (the
+/// Podman 5 lane sets it to a wrapper around the nested Podman's CLI, see
+/// `scripts/podman5-env.sh`), so the tests inspect the Podman the tool talks to.
+pub fn podman_program() -> String {
+    std::env::var("EVI_TEST_PODMAN_CLI")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "podman".to_string())
+}
+
+/// A `Command` for the podman CLI (see `podman_program`), for the tests that
+/// need stdin or a running child.
+pub fn podman_command() -> Command {
+    Command::new(podman_program())
+}
+
 /// Runs the podman CLI (same storage as the service) and returns its output.
 pub fn podman(args: &[&str]) -> Output {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .expect("run podman");
+    let out = podman_command().args(args).output().expect("run podman");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
