@@ -417,23 +417,31 @@ _evi_build_valkey_image_locked() {
 # Podman on the same storage would tear down the first one's containers with the wrong
 # backend). Images are copied over from the default storage.
 evi_test_lane() {
+    # $2, optional: a private lane of that name with backend $1 (its own storage, lock and
+    # subnet), for a developer's run beside others on the same machine.
+    local key="${2:-$1}" octet
     EVI_TEST_NETWORK_BACKEND="$1"
-    if [[ "$1" == netavark ]]; then
+    if [[ "$key" == netavark ]]; then
         EVI_TEST_DIR="$EVI_REPO/target/e2e"
         unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK
     else
-        EVI_TEST_DIR="$EVI_REPO/target/e2e-$1"
+        EVI_TEST_DIR="$EVI_REPO/target/e2e-$key"
         mkdir -p "$EVI_TEST_DIR"
         cat >"$EVI_TEST_DIR/storage.conf" <<EOF
 [storage]
 driver = "overlay"
-graphroot = "/var/lib/containers/storage-evi-$1"
-runroot = "/run/containers/storage-evi-$1"
+graphroot = "/var/lib/containers/storage-evi-$key"
+runroot = "/run/containers/storage-evi-$key"
 EOF
+        if [[ "$key" == cni ]]; then
+            octet=223
+        else
+            octet=$((230 + $(printf '%s' "$key" | cksum | cut -d' ' -f1) % 20))
+        fi
         export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
-        export EVI_TEST_TMP_DIR="/run/libpod-evi-$1"
-        export EVI_TEST_SUBNET="10.90.223.0/24"
-        export EVI_TEST_LOCK="/tmp/evi-host-$1.lock"
+        export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
+        export EVI_TEST_SUBNET="10.90.$octet.0/24"
+        export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
     fi
     export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR
 }
@@ -613,6 +621,86 @@ _evi_build_client_image_locked() {
     evi_log "built $EVI_TEST_CLIENT_IMAGE in $((SECONDS - start))s (clients $hash)"
 }
 
+# Images for the evi-state image contract (README "The image evi-state runs"), derived
+# from the Valkey test image with `podman build` (no registry needed: FROM a local image):
+#   nodata    /data owned by root, as a volume restored by root would be;
+#   official  laid out like the official valkey/valkey:8: valkey-server and valkey-cli in
+#             /usr/local/bin, user valkey with uid/gid 999, VOLUME /data, WORKDIR /data and
+#             the official entrypoint script;
+#   nosetpriv no setpriv: nothing can drop privileges, so evi-state must refuse to start.
+# Each is tagged by a hash of its recipe and rebuilt when that changes.
+EVI_TEST_CONTRACT_IMAGES=(nodata official nosetpriv)
+
+_evi_contract_recipe() {
+    printf 'FROM %s\n' "$EVI_TEST_VALKEY_IMAGE"
+    case "$1" in
+        nodata) printf 'RUN chown root:root /data && chmod 0755 /data\n' ;;
+        nosetpriv) printf 'RUN rm -f /usr/bin/setpriv\n' ;;
+        official)
+            cat <<'EOF'
+RUN sed -i 's/^valkey:x:[0-9]*:[0-9]*:/valkey:x:999:999:/' /etc/passwd \
+ && sed -i 's/^valkey:x:[0-9]*:/valkey:x:999:/' /etc/group \
+ && cp /usr/bin/valkey-check-rdb /usr/local/bin/valkey-server \
+ && mv /usr/bin/valkey-cli /usr/local/bin/valkey-cli \
+ && rm -f /usr/bin/valkey-server \
+ && chown 999:999 /data
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+VOLUME /data
+WORKDIR /data
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["valkey-server"]
+EOF
+            ;;
+    esac
+}
+
+# The official image's entrypoint (valkey-container's docker-entrypoint.sh), as it is.
+_evi_official_entrypoint() {
+    cat <<'EOF'
+#!/bin/sh
+set -e
+# first arg is `-f` or `--some-option` or first arg is `something.conf`
+if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
+	set -- valkey-server "$@"
+fi
+# allow the container to be started with `--user`
+if [ "$1" = 'valkey-server' -a "$(id -u)" = '0' ]; then
+	find . \! -user valkey -exec chown valkey '{}' +
+	exec setpriv --reuid=valkey --regid=valkey --clear-groups -- "$0" "$@"
+fi
+# set an appropriate umask (if one isn't set already)
+um="$(umask)"
+if [ "$um" = '0022' ]; then
+	umask 0077
+fi
+exec "$@"
+EOF
+}
+
+evi_build_contract_images() {
+    local kind image hash ctx
+    for kind in "${EVI_TEST_CONTRACT_IMAGES[@]}"; do
+        hash="$({ _evi_contract_recipe "$kind"; _evi_official_entrypoint; podman image inspect --format '{{.Id}}' "$EVI_TEST_VALKEY_IMAGE"; } | sha256sum | cut -c1-12)"
+        image="localhost/evi-valkey-$kind:$hash"
+        if ! podman image exists "$image"; then
+            evi_log "building $image (image contract: $kind)"
+            ctx="$(mktemp -d "$EVI_TEST_DIR/contract.XXXXXX")"
+            _evi_contract_recipe "$kind" >"$ctx/Containerfile"
+            _evi_official_entrypoint >"$ctx/docker-entrypoint.sh"
+            chmod 0755 "$ctx/docker-entrypoint.sh"
+            podman build --quiet --network none -t "$image" -f "$ctx/Containerfile" "$ctx" >/dev/null ||
+                evi_die "podman build of $image failed"
+            rm -rf "$ctx"
+        fi
+        case "$kind" in
+            nodata) export EVI_TEST_IMAGE_NODATA="$image" ;;
+            official) export EVI_TEST_IMAGE_OFFICIAL="$image" ;;
+            nosetpriv) export EVI_TEST_IMAGE_NOSETPRIV="$image" ;;
+        esac
+    done
+    evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
@@ -623,6 +711,7 @@ evi_test_env_up() {
     evi_check_network_backend
     evi_build_valkey_image
     evi_build_client_image
+    evi_build_contract_images
     export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE EVI_TEST_CLIENT_IMAGE EVI_TEST_CLIENT_HASH CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
     evi_log "EVI_TEST_NETWORK_BACKEND=$EVI_TEST_NETWORK_BACKEND"
     evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"

@@ -293,6 +293,7 @@ fn job_spec(
             "evi-rotate".into(),
             action.into(),
         ],
+        entrypoint: Some(vec![]),
         user: state.user.clone(),
         mounts: vec![],
         secrets: vec![

@@ -398,6 +398,9 @@ impl Engine for PodmanEngine {
         if !spec.command.is_empty() {
             b = b.command(&spec.command);
         }
+        if let Some(entrypoint) = &spec.entrypoint {
+            b = b.entrypoint(entrypoint);
+        }
         if let Some(user) = &spec.user {
             b = b.user(user);
         }
