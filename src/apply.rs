@@ -125,6 +125,45 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     Ok(report)
 }
 
+/// Applies `plan` and proves the result from a client's side: created is not
+/// working, so this ends on a new client's PONG (`reach::require_reach`). The
+/// probe starts as soon as evi-state answers, while the clients are still
+/// being started. Returns the report and how long the probe took.
+pub async fn apply_and_prove<E: Engine>(
+    engine: &E,
+    plan: &Plan,
+    ui: &Ui,
+    ready_timeout: Duration,
+    settings: &crate::settings::Settings,
+    version: SecretVersion,
+) -> Result<(Report, Duration)> {
+    let (state_ready, ready) = tokio::sync::oneshot::channel();
+    let opts = Options {
+        ready_timeout,
+        state_ready: std::cell::Cell::new(Some(state_ready)),
+    };
+    let probe = async {
+        ready.await.ok()?;
+        let probed = Instant::now();
+        let result = crate::reach::require_reach(engine, settings, version).await;
+        Some(result.map(|()| probed.elapsed()))
+    };
+    let applied = async {
+        let report = apply(engine, plan, ui, &opts).await;
+        // A failed apply never reaches evi-state's step: let the probe go.
+        drop(opts.state_ready.take());
+        report
+    };
+    let (report, probe) = tokio::join!(applied, probe);
+    let report = report?;
+    match probe {
+        Some(result) => Ok((report, result?)),
+        None => bail!(
+            "evi-state was not ready, so no client could be checked; run `evi-install up` again"
+        ),
+    }
+}
+
 /// Makes sure every image the plan runs is in local storage, pulling what is
 /// missing; fails with the fix when one cannot be had.
 pub async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()> {
@@ -413,6 +452,59 @@ mod tests {
         let mut host = engine.host.lock().unwrap().clone();
         host.config = std::fs::read_to_string(settings.config_path()).ok();
         assert!(!plan(&desired, &host).unwrap().has_changes());
+    }
+
+    #[tokio::test]
+    async fn the_probe_runs_once_evi_state_answers_and_a_failed_apply_ends_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}",
+            tmp.path().display()
+        );
+        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
+        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let p = plan(&desired, &Observed::default()).unwrap();
+        let ready = Duration::from_secs(1);
+
+        let engine = FakeEngine::default();
+        let (report, _) = apply_and_prove(
+            &engine,
+            &p,
+            &Ui::silent(),
+            ready,
+            &settings,
+            SecretVersion(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.created, 6);
+        let calls = engine.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        assert!(
+            at("create container evi-probe") > at(&format!("exec evi-state sh -c {PING_SCRIPT}"))
+        );
+        assert!(calls.contains(&"wait container evi-probe".to_string()));
+
+        // evi-state never comes up: the error, at once, and no probe.
+        let engine = FakeEngine {
+            fail_on: Some("create container evi-state".into()),
+            ..FakeEngine::default()
+        };
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            apply_and_prove(
+                &engine,
+                &p,
+                &Ui::silent(),
+                ready,
+                &settings,
+                SecretVersion(1),
+            ),
+        )
+        .await
+        .expect("a failed apply does not wait for the probe");
+        assert!(result.unwrap_err().to_string().contains("injected failure"));
+        assert!(!engine.calls().iter().any(|c| c.contains("evi-probe")));
     }
 
     #[tokio::test]

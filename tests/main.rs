@@ -9,5 +9,6 @@ mod cli;
 mod clients;
 mod e2e;
 mod hardening;
+mod pressure;
 mod rotation;
 mod support;
