@@ -55,7 +55,7 @@ EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
 # Debian packages the harness needs, each named: podman is installed without its
 # recommends, so both network backends are listed explicitly and nothing depends on what
 # an earlier run or another package happened to bring. curl is for the readiness ping.
-EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2
     debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
@@ -231,6 +231,19 @@ evi_check_network_backend() {
 # Removes what the tests or the main job left under this lane's configuration, so the
 # next lane (another network backend on the same storage) starts from a clean host and no
 # bridge of this lane's evi-net keeps its subnet's route.
+# A bridge that still holds this lane's evi-net subnet while the lane has no evi-net is a
+# leftover of a killed run (netavark tears bridges down with their last container); Podman
+# refuses to create a network over it. Remove it.
+evi_remove_stale_bridges() {
+    local subnet="${EVI_TEST_SUBNET:-10.90.213.0/24}" prefix dev
+    prefix="${subnet%.0/*}."
+    podman network exists evi-net 2>/dev/null && return 0
+    while read -r dev; do
+        evi_log "removing stale bridge $dev (holds $subnet, no evi-net uses it)"
+        ip link delete "$dev" || true
+    done < <(ip -o -4 addr show 2>/dev/null | awk -v p="$prefix" 'index($4, p) == 1 { print $2 }')
+}
+
 evi_test_env_clean() {
     local ids
     ids="$(podman ps -aq --filter label=io.evi-install.managed=true 2>/dev/null || true)"
@@ -238,6 +251,7 @@ evi_test_env_clean() {
     [[ -z "$ids" ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
     podman rm -f -t 0 --ignore evi-state evi-be evi-worker >/dev/null 2>&1 || true
     podman network rm -f evi-net >/dev/null 2>&1 || true
+    evi_remove_stale_bridges
 }
 
 # Stop the service by PID, only if this shell started it (or, when run as
@@ -709,6 +723,7 @@ evi_test_env_up() {
     evi_write_containers_conf
     evi_start_service
     evi_check_network_backend
+    evi_remove_stale_bridges
     evi_build_valkey_image
     evi_build_client_image
     evi_build_contract_images

@@ -388,7 +388,10 @@ impl Engine for PodmanEngine {
                     aliases: Some(spec.aliases.clone()),
                     interface_name: None,
                     static_ips: spec.addresses.first().map(|ip| vec![ip.to_string()]),
-                    static_mac: None,
+                    static_mac: spec
+                        .addresses
+                        .first()
+                        .map(|ip| crate::addressing::mac_for(*ip)),
                 },
             )]),
         };

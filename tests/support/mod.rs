@@ -168,10 +168,36 @@ pub fn reset_host() {
     ]);
     podman(&["network", "rm", "-f", "evi-net"]);
     podman(&["network", "rm", "-f", "evi-test-overlap"]);
+    remove_stale_bridges();
     podman(&["volume", "rm", "-f", "evi-state-data"]);
     let secrets = podman_ok(&["secret", "ls", "--format", "{{.Name}}"]);
     for name in secrets.lines().filter(|n| n.starts_with("evi-")) {
         podman(&["secret", "rm", name]);
+    }
+}
+
+/// With evi-net gone, a bridge that still holds the lane's subnet is a leftover
+/// of a killed run, and Podman would refuse to create evi-net over it (the
+/// same hygiene as scripts/test-env.sh `evi_remove_stale_bridges`).
+fn remove_stale_bridges() {
+    if std::env::var_os("EVI_TEST_PODMAN_CLI").is_some() {
+        // A nested Podman: its bridges live in its own network namespace.
+        return;
+    }
+    let prefix = format!("{}.", lane_prefix());
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(3).is_some_and(|a| a.starts_with(&prefix)) {
+            let _ = Command::new("ip")
+                .args(["link", "delete", fields[1]])
+                .status();
+        }
     }
 }
 
