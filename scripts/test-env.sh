@@ -125,6 +125,7 @@ runtime = "runc"
 tmp_dir = "${EVI_TEST_TMP_DIR:-/run/libpod}"
 [network]
 network_backend = "$EVI_TEST_NETWORK_BACKEND"
+$([[ -z "${EVI_TEST_NETWORK_CONFIG_DIR:-}" ]] || printf 'network_config_dir = "%s"' "$EVI_TEST_NETWORK_CONFIG_DIR")
 EOF
     export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
 }
@@ -437,7 +438,7 @@ evi_test_lane() {
     EVI_TEST_NETWORK_BACKEND="$1"
     if [[ "$key" == netavark ]]; then
         EVI_TEST_DIR="$EVI_REPO/target/e2e"
-        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK
+        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK EVI_TEST_NETWORK_CONFIG_DIR
     else
         EVI_TEST_DIR="$EVI_REPO/target/e2e-$key"
         mkdir -p "$EVI_TEST_DIR"
@@ -454,6 +455,11 @@ EOF
         fi
         export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
         export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
+        # Network definitions live outside the storage (/etc/containers/networks, or
+        # /etc/cni/net.d for CNI): without a directory of its own, this lane's evi-net would
+        # be the same network as every other Podman's on the machine.
+        export EVI_TEST_NETWORK_CONFIG_DIR="$EVI_TEST_DIR/networks"
+        mkdir -p "$EVI_TEST_NETWORK_CONFIG_DIR"
         export EVI_TEST_SUBNET="10.90.$octet.0/24"
         export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
     fi
