@@ -248,7 +248,10 @@ evi_remove_stale_bridges() {
 evi_test_env_clean() {
     local ids
     ids="$(podman ps -aq --filter label=io.evi-install.managed=true 2>/dev/null || true)"
+    # Stopped by request first, so that no restart policy races with the removal.
     # shellcheck disable=SC2086  # one ID per word
+    [[ -z "$ids" ]] || podman stop --ignore -t 0 $ids >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
     [[ -z "$ids" ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
     podman rm -f -t 0 --ignore evi-state evi-be evi-worker >/dev/null 2>&1 || true
     podman network rm -f evi-net >/dev/null 2>&1 || true

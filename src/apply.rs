@@ -370,8 +370,12 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
         match engine.container_state(STATE_CONTAINER).await? {
             Some((state, code)) if has_stopped(&state) => {
                 let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
+                // Its restart policy would start it again and again, to no use:
+                // stopped by request, it stays down with its logs, for the operator.
+                let _ = engine.stop_container(STATE_CONTAINER, 0).await;
                 bail!(
-                    "evi-state exited at start (exit code {code}); its last log lines:\n{}",
+                    "evi-state exited at start (exit code {code}; stopped, so that it does not restart in a loop); \
+                     its last log lines:\n{}",
                     indent(&redact(&logs))
                 );
             }

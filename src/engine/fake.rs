@@ -151,6 +151,15 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn stop_container(&self, name: &str, _timeout: u64) -> Result<()> {
+        self.record(format!("stop container {name}"))?;
+        if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
+            c.running = false;
+            c.state = "exited".into();
+        }
+        Ok(())
+    }
+
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
         self.stop_timeouts

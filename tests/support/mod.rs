@@ -156,16 +156,17 @@ pub fn podman_ok(args: &[&str]) -> String {
 /// Removes every resource evi-install could have created (and any foreign
 /// stand-in a test made), so each test starts from a fresh host.
 pub fn reset_host() {
-    podman_ok(&[
-        "rm",
-        "--force",
-        "--ignore",
-        "--time",
-        "0",
-        "evi-be",
-        "evi-worker",
-        "evi-state",
-    ]);
+    // Stopped by request first: removing a container that its restart policy is
+    // bringing back can leave its fixed address allocated in Podman's IPAM.
+    let managed = podman_ok(&["ps", "-aq", "--filter", "label=io.evi-install.managed=true"]);
+    let mut names: Vec<&str> = vec!["evi-be", "evi-worker", "evi-state"];
+    names.extend(managed.split_whitespace());
+    let mut stop = vec!["stop", "--ignore", "--time", "0"];
+    stop.extend(&names);
+    podman(&stop);
+    let mut rm = vec!["rm", "--force", "--ignore", "--time", "0"];
+    rm.extend(&names);
+    podman_ok(&rm);
     podman(&["network", "rm", "-f", "evi-net"]);
     podman(&["network", "rm", "-f", "evi-test-overlap"]);
     remove_stale_bridges();
