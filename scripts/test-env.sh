@@ -19,6 +19,9 @@
 # After evi_test_env_up these are exported for the tests:
 #   EVI_TEST_PODMAN_URL    unix://$EVI_TEST_DIR/podman.sock
 #   EVI_TEST_VALKEY_IMAGE  localhost/evi-valkey-test:8
+#   EVI_TEST_CLIENT_IMAGE  localhost/evi-client-test:1 (node + ioredis, python3-redis and the
+#                          programs of examples/clients under /opt/evi-clients/)
+#   EVI_TEST_CLIENT_HASH   the examples/clients content hash that image was built from
 #   CONTAINERS_CONF        $EVI_TEST_DIR/containers.conf
 #
 # Why the odd containers.conf: on these machines crun cannot raise RLIMIT_NOFILE (no
@@ -27,7 +30,8 @@
 # in the test harness, and never in the product's defaults.
 #
 # Why a local image: no container registry is reachable, so Valkey 8 (Debian trixie's
-# valkey-server) is debootstrapped and imported, then cached in Podman's storage.
+# valkey-server) is debootstrapped and imported, then cached in Podman's storage. The same
+# goes for the client image that runs the real evi-be/evi-worker example programs.
 #
 # Every failure is fatal and loud: a missing prerequisite must fail the test run, never
 # turn the end-to-end tests into silent skips.
@@ -37,8 +41,22 @@ set -euo pipefail
 EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 EVI_TEST_VALKEY_IMAGE="${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}"
-# Debian packages the harness needs. curl is for the readiness ping of the REST service.
-EVI_TEST_PACKAGES=(podman runc debootstrap busybox-static uidmap ca-certificates curl)
+# A stable tag (examples/evi.yaml names it); which programs it holds is recorded in the
+# image label EVI_CLIENT_HASH_LABEL, and a different hash means a rebuild under the same tag.
+EVI_TEST_CLIENT_IMAGE="${EVI_TEST_CLIENT_IMAGE:-localhost/evi-client-test:1}"
+EVI_CLIENT_HASH_LABEL=evi.clients.hash
+EVI_CLIENTS_DIR="$EVI_REPO/examples/clients"
+# Everything that goes into /opt/evi-clients (node_modules comes from the lockfile).
+EVI_CLIENT_FILES=(package.json package-lock.json stats.js producer.js worker.js worker.py)
+# The network backend this lane's Podman uses: netavark (with aardvark-dns, what a plain
+# `apt-get install podman` gives) or cni (what `--no-install-recommends` gives on Debian 12:
+# no DNS at all). Both are real hosts; scripts/test.sh runs the end-to-end tests on each.
+EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
+# Debian packages the harness needs, each named: podman is installed without its
+# recommends, so both network backends are listed explicitly and nothing depends on what
+# an earlier run or another package happened to bring. curl is for the readiness ping.
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins
+    debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
 
@@ -97,11 +115,16 @@ evi_require_cargo() {
 # it (they share root's storage), hence the export.
 evi_write_containers_conf() {
     mkdir -p "$EVI_TEST_DIR"
-    cat >"$EVI_TEST_DIR/containers.conf" <<'EOF'
+    # The backend is named explicitly: Podman 4.3 otherwise keeps whatever it chose first
+    # on this machine (recorded in its storage), whatever is installed now.
+    cat >"$EVI_TEST_DIR/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
+tmp_dir = "${EVI_TEST_TMP_DIR:-/run/libpod}"
+[network]
+network_backend = "$EVI_TEST_NETWORK_BACKEND"
 EOF
     export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
 }
@@ -191,6 +214,30 @@ evi_start_service() {
         sleep 0.2
     done
     evi_log "podman service ready (pid $pid, $(podman --version))"
+}
+
+# Proves that the service runs the network backend this lane is about; a lane that
+# silently ran on the other backend would hide exactly the failures it exists to show.
+evi_check_network_backend() {
+    local backend
+    backend="$(curl --silent --fail --max-time 5 --unix-socket "$(evi_socket_path)" \
+        http://d/v4.0.0/libpod/info | sed -n 's/.*"networkBackend": *"\([a-z]*\)".*/\1/p')" ||
+        evi_die "cannot read the network backend from the podman service's info"
+    [[ "$backend" == "$EVI_TEST_NETWORK_BACKEND" ]] ||
+        evi_die "podman service runs network backend '$backend', expected '$EVI_TEST_NETWORK_BACKEND'"
+    evi_log "network backend in effect: $backend"
+}
+
+# Removes what the tests or the main job left under this lane's configuration, so the
+# next lane (another network backend on the same storage) starts from a clean host and no
+# bridge of this lane's evi-net keeps its subnet's route.
+evi_test_env_clean() {
+    local ids
+    ids="$(podman ps -aq --filter label=io.evi-install.managed=true 2>/dev/null || true)"
+    # shellcheck disable=SC2086  # one ID per word
+    [[ -z "$ids" ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
+    podman rm -f -t 0 --ignore evi-state evi-be evi-worker >/dev/null 2>&1 || true
+    podman network rm -f evi-net >/dev/null 2>&1 || true
 }
 
 # Stop the service by PID, only if this shell started it (or, when run as
@@ -295,6 +342,7 @@ evi_build_valkey_image() {
         evi_log "image $EVI_TEST_VALKEY_IMAGE already present (cached)"
         return 0
     fi
+    evi_copy_image_from_default "$EVI_TEST_VALKEY_IMAGE" && return 0
     evi_require_trixie_keyring
     mkdir -p "$EVI_TEST_DIR"
     # Serialise concurrent builds (two test runs at once) and re-check under the lock.
@@ -362,6 +410,297 @@ _evi_build_valkey_image_locked() {
     evi_log "built $EVI_TEST_VALKEY_IMAGE in $((SECONDS - start))s (valkey uid:gid $uid:$gid)"
 }
 
+# Switches to the lane of network backend $1. The netavark lane is the machine's default
+# Podman (the storage scripts/up-example.sh uses, directory target/e2e). Any other lane gets
+# a Podman of its own: its own storage, run and tmp directories, its own lock and evi-net
+# subnet, so it never meets a container, network route or lease of the other lane (a second
+# Podman on the same storage would tear down the first one's containers with the wrong
+# backend). Images are copied over from the default storage.
+evi_test_lane() {
+    # $2, optional: a private lane of that name with backend $1 (its own storage, lock and
+    # subnet), for a developer's run beside others on the same machine.
+    local key="${2:-$1}" octet
+    EVI_TEST_NETWORK_BACKEND="$1"
+    if [[ "$key" == netavark ]]; then
+        EVI_TEST_DIR="$EVI_REPO/target/e2e"
+        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK
+    else
+        EVI_TEST_DIR="$EVI_REPO/target/e2e-$key"
+        mkdir -p "$EVI_TEST_DIR"
+        cat >"$EVI_TEST_DIR/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "/var/lib/containers/storage-evi-$key"
+runroot = "/run/containers/storage-evi-$key"
+EOF
+        if [[ "$key" == cni ]]; then
+            octet=223
+        else
+            octet=$((230 + $(printf '%s' "$key" | cksum | cut -d' ' -f1) % 20))
+        fi
+        export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
+        export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
+        export EVI_TEST_SUBNET="10.90.$octet.0/24"
+        export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
+    fi
+    export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR
+}
+
+# Copies IMAGE from the machine's default storage into this lane's, if the lane has a
+# storage of its own and the default one has the image. Fails (returns 1) otherwise.
+evi_copy_image_from_default() {
+    local image="$1"
+    [[ -n "${CONTAINERS_STORAGE_CONF:-}" ]] || return 1
+    env -u CONTAINERS_STORAGE_CONF podman image exists "$image" || return 1
+    evi_log "copying $image from the default storage into this lane's"
+    env -u CONTAINERS_STORAGE_CONF podman save "$image" | podman load -q >/dev/null ||
+        evi_die "copying $image into the lane's storage failed"
+}
+
+# The content hash the client image is tagged with (as a label): the program files, the
+# lockfile and this build recipe, so editing any of them rebuilds the image.
+evi_client_hash() {
+    local f
+    for f in "${EVI_CLIENT_FILES[@]}"; do
+        [[ -f "$EVI_CLIENTS_DIR/$f" ]] || evi_die "missing client program file $EVI_CLIENTS_DIR/$f"
+    done
+    {
+        for f in "${EVI_CLIENT_FILES[@]}"; do
+            printf '%s\0' "$f"
+            cat "$EVI_CLIENTS_DIR/$f"
+        done
+        declare -f _evi_build_client_image_locked
+    } | sha256sum | cut -c1-12
+}
+
+# The hash label of the image under EVI_TEST_CLIENT_IMAGE, or nothing if there is none.
+evi_client_image_hash() {
+    podman image inspect --format "{{ index .Labels \"$EVI_CLIENT_HASH_LABEL\" }}" \
+        "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true
+}
+
+# npm installs ioredis on the host and the result is copied into the image. Why the host and
+# not the image: ioredis and its 8 dependencies are plain JavaScript (no native addons;
+# --ignore-scripts runs no install scripts), so the files do not depend on which Node
+# installed them, and putting trixie's npm into the image would pull ~100 node-* packages
+# into it and into every debootstrap. Any npm >= 7 reads the lockfile (v3): a fresh Debian 12
+# gets its own npm 9 from apt.
+evi_require_npm() {
+    local major
+    if ! command -v npm >/dev/null; then
+        evi_log "npm not found; installing Debian's npm (needed once, to fetch ioredis for the client image)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=300 update || evi_die "apt-get update failed"
+        apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends npm ||
+            evi_die "apt-get install npm failed"
+        command -v npm >/dev/null || evi_die "npm still not found after apt-get install npm"
+    fi
+    major="$(npm --version 2>/dev/null | cut -d. -f1)" || true
+    if ! [[ "$major" =~ ^[0-9]+$ ]] || ((major < 7)); then
+        evi_die "npm $(npm --version 2>/dev/null || echo '?') is too old for examples/clients/package-lock.json (lockfile v3 needs npm >= 7)"
+    fi
+}
+
+# Build localhost/evi-client-test:1 unless it already holds the current examples/clients.
+evi_build_client_image() {
+    local hash rc
+    hash="$(evi_client_hash)"
+    [[ "$hash" =~ ^[0-9a-f]{12}$ ]] || evi_die "could not hash $EVI_CLIENTS_DIR"
+    export EVI_TEST_CLIENT_HASH="$hash"
+    if [[ "$(evi_client_image_hash)" == "$hash" ]]; then
+        evi_log "image $EVI_TEST_CLIENT_IMAGE already present (cached, clients $hash)"
+        return 0
+    fi
+    # A lane with a storage of its own (evi_test_lane) takes the image from the default
+    # storage, but only if that one holds these very programs; otherwise it builds.
+    if [[ -n "${CONTAINERS_STORAGE_CONF:-}" ]] &&
+        [[ "$(env -u CONTAINERS_STORAGE_CONF podman image inspect \
+            --format "{{ index .Labels \"$EVI_CLIENT_HASH_LABEL\" }}" "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true)" == "$hash" ]]; then
+        evi_copy_image_from_default "$EVI_TEST_CLIENT_IMAGE" ||
+            evi_die "copying $EVI_TEST_CLIENT_IMAGE from the default storage failed"
+        [[ "$(evi_client_image_hash)" == "$hash" ]] ||
+            evi_die "$EVI_TEST_CLIENT_IMAGE copied into this lane's storage lacks label $EVI_CLIENT_HASH_LABEL=$hash"
+        return 0
+    fi
+    evi_require_trixie_keyring
+    evi_require_npm
+    mkdir -p "$EVI_TEST_DIR"
+    # Serialised and re-checked under a lock, like the Valkey image (see there for why the
+    # subshell is not written as "( ... ) || die").
+    set +e
+    (
+        set -e
+        flock 9
+        if [[ "$(evi_client_image_hash)" == "$hash" ]]; then
+            exit 0
+        fi
+        _evi_build_client_image_locked "$hash"
+    ) 9>"$EVI_TEST_DIR/client-image-build.lock"
+    rc=$?
+    set -e
+    ((rc == 0)) || evi_die "building $EVI_TEST_CLIENT_IMAGE failed"
+    [[ "$(evi_client_image_hash)" == "$hash" ]] ||
+        evi_die "$EVI_TEST_CLIENT_IMAGE does not carry label $EVI_CLIENT_HASH_LABEL=$hash after the build"
+}
+
+# Runs in a subshell (see above), so its EXIT trap only cleans up the build root.
+_evi_build_client_image_locked() {
+    local hash="$1" mirror root start app old_id new_id f
+    mirror="$(evi_debian_mirror)"
+    start=$SECONDS
+    root="$(mktemp -d "$EVI_TEST_DIR/client-root.XXXXXX")"
+    # shellcheck disable=SC2064  # expand $root now: it is local to this function
+    trap "evi_remove_root '$root'" EXIT
+    evi_log "building $EVI_TEST_CLIENT_IMAGE (clients $hash): debootstrap trixie from $mirror (log: $EVI_TEST_DIR/client-debootstrap.log)"
+
+    # nodejs (trixie: 20.x) runs the Node programs, python3-redis (redis-py 6.x) worker.py.
+    # valkey-tools (valkey-cli) is not used by the programs; it is there so that the usual
+    # checks from inside a client container (`podman exec evi-be valkey-cli ... ping`, as the
+    # tests and the benchmark do with the stand-in clients) keep working with this image.
+    if ! debootstrap --variant=minbase --include=nodejs,python3-redis,valkey-tools trixie "$root" "$mirror" \
+        >"$EVI_TEST_DIR/client-debootstrap.log" 2>&1; then
+        tail -n 30 "$EVI_TEST_DIR/client-debootstrap.log" >&2 || true
+        [[ -f "$root/debootstrap/debootstrap.log" ]] && tail -n 30 "$root/debootstrap/debootstrap.log" >&2
+        evi_die "debootstrap of trixie (client image) failed (see $EVI_TEST_DIR/client-debootstrap.log)"
+    fi
+
+    app="$root/opt/evi-clients"
+    mkdir -p "$app"
+    for f in "${EVI_CLIENT_FILES[@]}"; do
+        install -m 0644 "$EVI_CLIENTS_DIR/$f" "$app/$f"
+    done
+    # npm ci: exactly the lockfile's versions and integrity hashes, no dev dependencies,
+    # no install scripts. It runs on the host (see evi_require_npm for why).
+    if ! (cd "$app" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error) \
+        >"$EVI_TEST_DIR/client-npm.log" 2>&1; then
+        tail -n 30 "$EVI_TEST_DIR/client-npm.log" >&2 || true
+        evi_die "npm ci for the client image failed (see $EVI_TEST_DIR/client-npm.log; the npm registry must be reachable)"
+    fi
+    printf '%s\n' "$hash" >"$app/CLIENTS_HASH"
+    # Readable by whichever user the container runs as.
+    chmod -R a+rX "$app"
+
+    # Prove the image can run what it is for before importing it: node loads ioredis and
+    # parses every program, python3 imports redis and compiles worker.py.
+    local checks=(
+        "node -e 'require(\"/opt/evi-clients/node_modules/ioredis\")'"
+        "node --check /opt/evi-clients/producer.js"
+        "node --check /opt/evi-clients/worker.js"
+        "node --check /opt/evi-clients/stats.js"
+        "python3 -c 'import redis, redis.retry, redis.backoff'"
+        "python3 -c 'import ast; ast.parse(open(\"/opt/evi-clients/worker.py\").read())'"
+        "valkey-cli --version"
+    )
+    local check
+    for check in "${checks[@]}"; do
+        chroot "$root" /bin/sh -c "$check" >/dev/null 2>"$EVI_TEST_DIR/client-check.log" || {
+            cat "$EVI_TEST_DIR/client-check.log" >&2 || true
+            evi_die "client image check failed: $check"
+        }
+    done
+
+    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/debootstrap"
+
+    # The image this build replaces, if any: removed below once the tag has moved.
+    old_id="$(podman image inspect --format '{{.Id}}' "$EVI_TEST_CLIENT_IMAGE" 2>/dev/null || true)"
+    # The label carries the hash (checked for caching); the programs run as the image's
+    # 'nobody' (65534), they need no root.
+    tar --numeric-owner -C "$root" -c . | podman import --quiet \
+        --change "LABEL=$EVI_CLIENT_HASH_LABEL=$hash" \
+        --change "WORKDIR=/opt/evi-clients" \
+        --change "USER=65534:65534" \
+        - "$EVI_TEST_CLIENT_IMAGE" >/dev/null ||
+        evi_die "podman import of $EVI_TEST_CLIENT_IMAGE failed"
+    new_id="$(podman image inspect --format '{{.Id}}' "$EVI_TEST_CLIENT_IMAGE")" ||
+        evi_die "$EVI_TEST_CLIENT_IMAGE missing right after podman import"
+    if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+        # Best effort on purpose: a container still running the old programs keeps its
+        # image, and that must not fail the build; it is untagged either way.
+        podman image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+    evi_log "built $EVI_TEST_CLIENT_IMAGE in $((SECONDS - start))s (clients $hash)"
+}
+
+# Images for the evi-state image contract (README "The image evi-state runs"), derived
+# from the Valkey test image with `podman build` (no registry needed: FROM a local image):
+#   nodata    /data owned by root, as a volume restored by root would be;
+#   official  laid out like the official valkey/valkey:8: valkey-server and valkey-cli in
+#             /usr/local/bin, user valkey with uid/gid 999, VOLUME /data, WORKDIR /data and
+#             the official entrypoint script;
+#   nosetpriv no setpriv: nothing can drop privileges, so evi-state must refuse to start.
+# Each is tagged by a hash of its recipe and rebuilt when that changes.
+EVI_TEST_CONTRACT_IMAGES=(nodata official nosetpriv)
+
+_evi_contract_recipe() {
+    printf 'FROM %s\n' "$EVI_TEST_VALKEY_IMAGE"
+    case "$1" in
+        nodata) printf 'RUN chown root:root /data && chmod 0755 /data\n' ;;
+        nosetpriv) printf 'RUN rm -f /usr/bin/setpriv\n' ;;
+        official)
+            cat <<'EOF'
+RUN sed -i 's/^valkey:x:[0-9]*:[0-9]*:/valkey:x:999:999:/' /etc/passwd \
+ && sed -i 's/^valkey:x:[0-9]*:/valkey:x:999:/' /etc/group \
+ && cp /usr/bin/valkey-check-rdb /usr/local/bin/valkey-server \
+ && mv /usr/bin/valkey-cli /usr/local/bin/valkey-cli \
+ && rm -f /usr/bin/valkey-server \
+ && chown 999:999 /data
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+VOLUME /data
+WORKDIR /data
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["valkey-server"]
+EOF
+            ;;
+    esac
+}
+
+# The official image's entrypoint (valkey-container's docker-entrypoint.sh), as it is.
+_evi_official_entrypoint() {
+    cat <<'EOF'
+#!/bin/sh
+set -e
+# first arg is `-f` or `--some-option` or first arg is `something.conf`
+if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
+	set -- valkey-server "$@"
+fi
+# allow the container to be started with `--user`
+if [ "$1" = 'valkey-server' -a "$(id -u)" = '0' ]; then
+	find . \! -user valkey -exec chown valkey '{}' +
+	exec setpriv --reuid=valkey --regid=valkey --clear-groups -- "$0" "$@"
+fi
+# set an appropriate umask (if one isn't set already)
+um="$(umask)"
+if [ "$um" = '0022' ]; then
+	umask 0077
+fi
+exec "$@"
+EOF
+}
+
+evi_build_contract_images() {
+    local kind image hash ctx
+    for kind in "${EVI_TEST_CONTRACT_IMAGES[@]}"; do
+        hash="$({ _evi_contract_recipe "$kind"; _evi_official_entrypoint; podman image inspect --format '{{.Id}}' "$EVI_TEST_VALKEY_IMAGE"; } | sha256sum | cut -c1-12)"
+        image="localhost/evi-valkey-$kind:$hash"
+        if ! podman image exists "$image"; then
+            evi_log "building $image (image contract: $kind)"
+            ctx="$(mktemp -d "$EVI_TEST_DIR/contract.XXXXXX")"
+            _evi_contract_recipe "$kind" >"$ctx/Containerfile"
+            _evi_official_entrypoint >"$ctx/docker-entrypoint.sh"
+            chmod 0755 "$ctx/docker-entrypoint.sh"
+            podman build --quiet --network none -t "$image" -f "$ctx/Containerfile" "$ctx" >/dev/null ||
+                evi_die "podman build of $image failed"
+            rm -rf "$ctx"
+        fi
+        case "$kind" in
+            nodata) export EVI_TEST_IMAGE_NODATA="$image" ;;
+            official) export EVI_TEST_IMAGE_OFFICIAL="$image" ;;
+            nosetpriv) export EVI_TEST_IMAGE_NOSETPRIV="$image" ;;
+        esac
+    done
+    evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
@@ -369,10 +708,15 @@ evi_test_env_up() {
     evi_require_cargo
     evi_write_containers_conf
     evi_start_service
+    evi_check_network_backend
     evi_build_valkey_image
-    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE CONTAINERS_CONF
+    evi_build_client_image
+    evi_build_contract_images
+    export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE EVI_TEST_CLIENT_IMAGE EVI_TEST_CLIENT_HASH CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
+    evi_log "EVI_TEST_NETWORK_BACKEND=$EVI_TEST_NETWORK_BACKEND"
     evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"
     evi_log "EVI_TEST_VALKEY_IMAGE=$EVI_TEST_VALKEY_IMAGE"
+    evi_log "EVI_TEST_CLIENT_IMAGE=$EVI_TEST_CLIENT_IMAGE (clients $EVI_TEST_CLIENT_HASH)"
     evi_log "CONTAINERS_CONF=$CONTAINERS_CONF"
 }
 
@@ -381,8 +725,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
         start)
             evi_test_env_up
-            printf 'export CONTAINERS_CONF=%q EVI_TEST_PODMAN_URL=%q EVI_TEST_VALKEY_IMAGE=%q\n' \
-                "$CONTAINERS_CONF" "$EVI_TEST_PODMAN_URL" "$EVI_TEST_VALKEY_IMAGE"
+            printf 'export CONTAINERS_CONF=%q EVI_TEST_PODMAN_URL=%q EVI_TEST_VALKEY_IMAGE=%q EVI_TEST_CLIENT_IMAGE=%q\n' \
+                "$CONTAINERS_CONF" "$EVI_TEST_PODMAN_URL" "$EVI_TEST_VALKEY_IMAGE" "$EVI_TEST_CLIENT_IMAGE"
             printf '# stop the service with: %q stop\n' "$0"
             ;;
         stop)

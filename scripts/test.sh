@@ -1,42 +1,87 @@
 #!/usr/bin/env bash
 # THE test command for evi-install (the README's "scripts/test.sh", and what CI runs via
-# .ci/run): lint, unit and end-to-end tests against a real Podman, then a benchmark smoke
-# run. Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+# .ci/run): lint, unit and end-to-end tests against real Podman services, in three lanes,
+# then a benchmark smoke run. Extra arguments go to lane 1's `cargo test`, e.g.
+# `scripts/test.sh e2e -- --nocapture`.
 #
-# It sets up its own Podman REST service and Valkey image (scripts/test-env.sh) and stops
-# the service again on exit, whatever happens, so nothing is left running after CI.
+# Three lanes, because operators run all three:
+#   1. Debian 12's Podman 4.3 with netavark + aardvark-dns (`apt-get install podman`);
+#   2. Debian 12's Podman 4.3 with CNI and no DNS plugin (`apt-get install
+#      --no-install-recommends podman`): container names do not resolve at all;
+#   3. Debian trixie's Podman 5.4, nested in a container of the host's Podman
+#      (scripts/podman5-env.sh). EVI_TEST_PODMAN5=0 leaves it out of a local run.
+#
+# It sets up its own Podman REST services and images (scripts/test-env.sh) and stops them
+# again on exit, whatever happens, so nothing is left running after CI.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
+# shellcheck source=scripts/podman5-env.sh
+source scripts/podman5-env.sh
 
 # The trap is in place before anything is started. INT/TERM are turned into a normal exit
 # so that the EXIT trap runs (bash skips it when killed by an untrapped signal).
-trap evi_test_env_stop EXIT
+trap 'evi_podman5_stop; evi_test_env_stop' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 step() { printf '\n===== %s =====\n' "$*"; }
 
-step "test environment (podman service, valkey image)"
-evi_test_env_up
+# The modules that talk to Podman; the unit and CLI tests do not depend on the host.
+E2E_MODULES=(e2e:: rotation:: catalogue:: clients::)
 
 # Fail with the fix spelled out rather than with cargo's "no such command".
+evi_require_cargo
 cargo fmt --version >/dev/null 2>&1 || evi_die "rustfmt missing: run 'rustup component add rustfmt'"
 cargo clippy --version >/dev/null 2>&1 || evi_die "clippy missing: run 'rustup component add clippy'"
 
 step "cargo fmt --check"
 cargo fmt --check
 
-# The fault-injection hooks (EVI_INSTALL_TEST_*) exist only with the test-hooks feature;
-# the end-to-end tests need them, release builds never have them.
+# test-hooks builds the fault-injection hooks (EVI_INSTALL_TEST_*) the end-to-end tests use.
 step "cargo clippy --all-targets --features test-hooks -- -D warnings"
 cargo clippy --all-targets --features test-hooks -- -D warnings
 
-step "cargo test --features test-hooks${*:+ $*}"
+step "lane 1/3: Podman 4.3, netavark + aardvark-dns: test environment"
+evi_test_lane netavark
+evi_test_env_up
+step "lane 1/3: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks${*:+ $*}"
 cargo test --features test-hooks "$@"
+evi_test_env_clean
+evi_test_env_stop
+
+# This lane's Podman has its own storage, lock and evi-net subnet (evi_test_lane).
+step "lane 2/3: Podman 4.3, CNI without DNS: test environment"
+lane_start=$SECONDS
+evi_test_lane cni
+evi_test_env_up
+step "lane 2/3: Podman 4.3, CNI without DNS: cargo test --test integration -- ${E2E_MODULES[*]}"
+cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}"
+evi_test_env_clean
+evi_test_env_stop
+evi_log "lane 2 (CNI) took $((SECONDS - lane_start))s"
+
+# The nested Podman 5 runs in a container of the host's default Podman (lane 1's set-up),
+# which the benchmark smoke run afterwards uses too.
+evi_test_lane netavark
+evi_test_env_up
+
+# One test is left out: the full-disk one mounts a tmpfs over its state directory after the
+# nested Podman started; the host's mounts are private, so the nested Podman would never see
+# it, and what it tests (atomic config writes) does not depend on Podman.
+if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
+    step "lane 3/3: Podman 5.4 (nested): start the service"
+    lane_start=$SECONDS
+    evi_podman5_up
+    step "lane 3/3: Podman 5.4 (nested): cargo test --test integration -- ${E2E_MODULES[*]}"
+    cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}" \
+        --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
+    evi_podman5_stop
+    evi_log "lane 3 (Podman 5.4) took $((SECONDS - lane_start))s"
+fi
 
 if [[ -e bench/run.sh ]]; then
     step "bench/run.sh --runs 1 (smoke)"

@@ -44,6 +44,19 @@ impl Report {
 pub struct Options {
     /// How long evi-state may take to answer an authenticated PING.
     pub ready_timeout: Duration,
+    /// Fired once evi-state is in place and answers (its step is done, or it
+    /// is kept): `up` then probes it from a client's side while the clients
+    /// are still being started.
+    pub state_ready: std::cell::Cell<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Options {
+    pub fn new(ready_timeout: Duration) -> Options {
+        Options {
+            ready_timeout,
+            state_ready: std::cell::Cell::new(None),
+        }
+    }
 }
 
 /// Applies `plan`. Images are checked (and pulled if missing) before the first
@@ -53,9 +66,17 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     let mut report = Report::default();
     let describe = |s: &Step| format!("{} {} {}", verb_word(s.verb), s.kind.as_str(), s.name);
     let mut finished: Vec<String> = Vec::new();
+    let evi_state_done = |step: &Step| {
+        if step.kind == Kind::Container && step.name == STATE_CONTAINER {
+            if let Some(ready) = opts.state_ready.take() {
+                let _ = ready.send(());
+            }
+        }
+    };
     for (i, step) in plan.steps.iter().enumerate() {
         if step.verb == Verb::Keep {
             report.unchanged += 1;
+            evi_state_done(step);
             continue;
         }
         let not_done: Vec<String> = plan.steps[i..]
@@ -98,6 +119,7 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
             started.elapsed().as_secs_f64()
         ));
         finished.push(describe(step));
+        evi_state_done(step);
         crate::interrupt::test_delay().await;
     }
     Ok(report)
@@ -143,9 +165,21 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             let password = Password::generate()?;
             create_secret_pair(engine, *version, &password).await
         }
-        Change::CreateNetwork => {
+        Change::CreateNetwork { spec } => {
             engine
-                .create_network(&step.name, &crate::desired::owned_labels())
+                .create_network(&step.name, &crate::desired::owned_labels(), spec)
+                .await
+        }
+        Change::ReplaceNetwork { spec, containers } => {
+            // Podman cannot change a network's subnet: everything on it goes,
+            // and the container steps that follow create it again.
+            for name in containers {
+                let timeout = if name == STATE_CONTAINER { 30 } else { 10 };
+                engine.remove_container(name, timeout).await?;
+            }
+            engine.remove_network(&step.name).await?;
+            engine
+                .create_network(&step.name, &crate::desired::owned_labels(), spec)
                 .await
         }
         Change::CreateVolume => {
@@ -252,6 +286,13 @@ pub async fn replace_client<E: Engine>(engine: &E, client: &ContainerSpec) -> Re
     engine
         .remove_container(&next, crate::timeouts::stop_secs_for(&next))
         .await?;
+    // The successor takes the fixed address its predecessor does not hold.
+    if let Some(held) = engine
+        .container_address(&client.name, &client.network)
+        .await?
+    {
+        successor.addresses.retain(|a| *a != held);
+    }
     engine.create_container(&successor).await?;
     engine.start_container(&next).await?;
     confirm_running(engine, &next).await?;
@@ -350,9 +391,7 @@ mod tests {
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
-        let opts = Options {
-            ready_timeout: Duration::from_secs(1),
-        };
+        let opts = Options::new(Duration::from_secs(1));
         let report = apply(&engine, &p, &Ui::silent(), &opts).await.unwrap();
         assert_eq!(report.created, 6);
         assert_eq!(
@@ -382,6 +421,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_successor_takes_the_address_its_predecessor_does_not_hold() {
+        let settings = from_yaml(
+            Some((
+                std::path::Path::new("evi.yaml"),
+                "services: { evi-be: { image: app } }",
+            )),
+            None,
+        )
+        .unwrap();
+        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let be = &desired.containers[1];
+        let [first, second] = [be.addresses[0], be.addresses[1]];
+        for (held, expected) in [(Some(first), second), (Some(second), first), (None, first)] {
+            let engine = FakeEngine::default();
+            if let Some(ip) = held {
+                engine.addresses.lock().unwrap().insert("evi-be".into(), ip);
+            }
+            replace_client(&engine, be).await.unwrap();
+            let created = engine.created.lock().unwrap().clone();
+            assert_eq!(created[0].name, "evi-be-next");
+            assert_eq!(created[0].addresses[0], expected, "{held:?}");
+            // Same labels: the swap is no drift.
+            assert_eq!(created[0].labels, be.labels);
+            assert_eq!(be.hosts, ["evi-state:10.90.213.2"]);
+        }
+    }
+
+    #[tokio::test]
     async fn a_missing_image_fails_before_any_change() {
         let tmp = tempfile::tempdir().unwrap();
         let yaml = format!(
@@ -396,9 +463,7 @@ mod tests {
             &engine,
             &p,
             &Ui::silent(),
-            &Options {
-                ready_timeout: Duration::from_secs(1),
-            },
+            &Options::new(Duration::from_secs(1)),
         )
         .await
         .unwrap_err();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::addressing::{client_addresses, network_spec, state_address, state_host_entry};
 use crate::model::*;
 use crate::render::{effective_hash, hex};
 use crate::settings::{Service, Settings};
@@ -36,7 +37,19 @@ case "$pw" in
     exit 78 ;;
 esac
 set --
-if [ "$(id -u)" = 0 ] && id valkey >/dev/null 2>&1 && command -v setpriv >/dev/null; then
+if [ "$(id -u)" = 0 ]; then
+  # Never run Valkey as root: drop to the image's valkey user, or refuse.
+  if ! id valkey >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1; then
+    echo "evi-state: the image has no valkey user or no setpriv to drop privileges to it; refusing to run Valkey as root" >&2
+    exit 78
+  fi
+  # As the official image's entrypoint does: /data belongs to the server's user, also on
+  # a volume that root created or restored.
+  if command -v find >/dev/null 2>&1; then
+    find /data \! -user valkey -exec chown valkey:valkey '{}' +
+  else
+    chown -R valkey:valkey /data
+  fi
   set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
 fi
 exec "$@" valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
@@ -51,6 +64,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         name: STATE_CONTAINER.to_string(),
         image: settings.services.evi_state.image.clone(),
         command: vec!["sh".into(), "-c".into(), STATE_START_SCRIPT.into()],
+        entrypoint: Some(vec![]),
         // Root only until the start script has read the secret; see STATE_START_SCRIPT.
         user: None,
         mounts: vec![
@@ -72,6 +86,9 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         }],
         network: settings.network.clone(),
         aliases: vec![STATE_CONTAINER.to_string()],
+        addresses: vec![state_address(settings.network_subnet)],
+        hosts: vec![],
+        network_of: None,
         restart: "always".to_string(),
         stop_timeout: crate::timeouts::STATE_STOP_SECS,
         config_hash: Some(effective_hash(conf)),
@@ -81,19 +98,22 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
 
     let mut containers = vec![state];
     let mut unwanted = Vec::new();
-    for (name, service) in [
-        (BACKEND_CONTAINER, settings.services.evi_be.as_ref()),
-        (WORKER_CONTAINER, settings.services.evi_worker.as_ref()),
+    for (index, name, service) in [
+        (0, BACKEND_CONTAINER, settings.services.evi_be.as_ref()),
+        (1, WORKER_CONTAINER, settings.services.evi_worker.as_ref()),
     ] {
         match service {
             Some(service) => {
-                containers.push(client_spec(name, service, &settings.network, version))
+                let addresses = client_addresses(settings.network_subnet, index);
+                containers.push(client_spec(name, service, settings, addresses, version))
             }
             None => unwanted.push(name.to_string()),
         }
         // Left over if a rotation was killed between starting a successor and the swap.
         unwanted.push(successor_name(name));
     }
+    // Left over if a run was killed while its job or probe ran.
+    unwanted.extend([JOB_CONTAINER.to_string(), PROBE_CONTAINER.to_string()]);
 
     Desired {
         config: ConfigFile {
@@ -102,31 +122,38 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         },
         secret_version: version,
         network: settings.network.clone(),
+        network_spec: network_spec(settings.network_subnet),
         volume: DATA_VOLUME.to_string(),
         containers,
         unwanted_containers: unwanted,
     }
 }
 
-/// evi-be and evi-worker: the app image, `VALKEY_URL` from the env secret.
+/// evi-be and evi-worker: the app image, `VALKEY_URL` from the env secret,
+/// and the hosts entry through which they find evi-state.
 fn client_spec(
     name: &str,
     service: &Service,
-    network: &str,
+    settings: &Settings,
+    addresses: [std::net::Ipv4Addr; 2],
     version: SecretVersion,
 ) -> ContainerSpec {
     with_labels(ContainerSpec {
         name: name.to_string(),
         image: service.image.clone(),
         command: service.command.clone(),
+        entrypoint: None,
         user: None,
         mounts: vec![],
         secrets: vec![SecretUse::Env {
             secret: version.url_name(),
             var: URL_ENV.to_string(),
         }],
-        network: network.to_string(),
+        network: settings.network.clone(),
         aliases: vec![name.to_string()],
+        addresses: addresses.to_vec(),
+        hosts: vec![state_host_entry(settings.network_subnet)],
+        network_of: None,
         restart: "always".to_string(),
         stop_timeout: crate::timeouts::CLIENT_STOP_SECS,
         config_hash: None,
@@ -141,14 +168,23 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
     let hash = |v: serde_json::Value| short_hash(v.to_string().as_bytes());
     BTreeMap::from([
         ("image".to_string(), hash(serde_json::json!(spec.image))),
-        ("command".to_string(), hash(serde_json::json!(spec.command))),
+        (
+            "command".to_string(),
+            hash(serde_json::json!([spec.entrypoint, spec.command])),
+        ),
         ("user".to_string(), hash(serde_json::json!(spec.user))),
         ("mounts".to_string(), hash(serde_json::json!(spec.mounts))),
         ("secrets".to_string(), hash(serde_json::json!(spec.secrets))),
         (
             "network".to_string(),
-            hash(serde_json::json!([spec.network, spec.aliases])),
+            hash(serde_json::json!([
+                spec.network,
+                spec.aliases,
+                spec.addresses,
+                spec.network_of
+            ])),
         ),
+        ("hosts".to_string(), hash(serde_json::json!(spec.hosts))),
         (
             "restart".to_string(),
             hash(serde_json::json!([spec.restart, spec.stop_timeout])),
@@ -219,7 +255,10 @@ mod tests {
                 }]
             );
         }
-        assert_eq!(d.unwanted_containers, ["evi-be-next", "evi-worker-next"]);
+        assert_eq!(
+            d.unwanted_containers,
+            ["evi-be-next", "evi-worker-next", "evi-rotate", "evi-probe"]
+        );
         let d = build(
             &settings("services: { evi-be: { image: app } }"),
             "",
@@ -227,7 +266,13 @@ mod tests {
         );
         assert_eq!(
             d.unwanted_containers,
-            ["evi-be-next", "evi-worker", "evi-worker-next"]
+            [
+                "evi-be-next",
+                "evi-worker",
+                "evi-worker-next",
+                "evi-rotate",
+                "evi-probe"
+            ]
         );
     }
 

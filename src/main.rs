@@ -3,6 +3,7 @@
 //! `main` parses the command line, runs one command, prints any error once
 //! (on one line, secrets redacted) and maps it to an exit code.
 
+mod addressing;
 mod apply;
 mod boot;
 mod cli;
@@ -15,6 +16,7 @@ mod lock;
 mod model;
 mod plan;
 mod plan_view;
+mod reach;
 mod render;
 mod rotate;
 mod saved_plan;

@@ -4,9 +4,13 @@
 //! Maps are `BTreeMap`s so every listing, hash and plan comes out in the same order.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+pub use crate::addressing::NetworkSpec;
 
 /// Every resource evi-install creates carries this label (value `true`);
 /// a resource with one of our names but without it is never touched.
@@ -25,9 +29,24 @@ pub const BACKEND_CONTAINER: &str = "evi-be";
 pub const WORKER_CONTAINER: &str = "evi-worker";
 pub const DATA_VOLUME: &str = "evi-state-data";
 
+/// rotate-secret's short-lived job container.
+pub const JOB_CONTAINER: &str = "evi-rotate";
+/// The container that checks, as a client would, that evi-state answers.
+pub const PROBE_CONTAINER: &str = "evi-probe";
+
 /// The name a replacement client runs under until the old one is gone.
 pub fn successor_name(name: &str) -> String {
     format!("{name}-next")
+}
+
+/// Containers that exist only during a run (a client's successor, the
+/// rotation job, a probe): one found later is a leftover of an interrupted
+/// run, and left on evi-net it would block its removal.
+pub fn is_leftover(name: &str) -> bool {
+    name == successor_name(BACKEND_CONTAINER)
+        || name == successor_name(WORKER_CONTAINER)
+        || name == JOB_CONTAINER
+        || name.starts_with(PROBE_CONTAINER)
 }
 
 /// Where evi-state finds its config and its password inside the container.
@@ -106,11 +125,26 @@ pub struct ContainerSpec {
     pub image: String,
     /// Empty: the image's own command.
     pub command: Vec<String>,
+    /// `Some(vec![])`: run `command` as it is, whatever ENTRYPOINT the image
+    /// has (evi-state's image may be the official one, whose entrypoint
+    /// would otherwise wrap our start script). `None`: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     pub user: Option<String>,
     pub mounts: Vec<Mount>,
     pub secrets: Vec<SecretUse>,
     pub network: String,
     pub aliases: Vec<String>,
+    /// Fixed addresses on `network`, in order of preference: the container is
+    /// created with the first. Clients have two, so that a successor can start
+    /// while its predecessor still holds the other (see `addressing.rs`).
+    pub addresses: Vec<Ipv4Addr>,
+    /// `/etc/hosts` entries, `name:address`: how clients find evi-state.
+    pub hosts: Vec<String>,
+    /// Join this container's network namespace instead of `network` (and
+    /// share its `/etc/hosts`): a probe that sees exactly what a client sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_of: Option<String>,
     pub restart: String,
     /// Seconds `podman stop` waits before SIGKILL: long enough for Valkey to
     /// finish writing its AOF.
@@ -134,6 +168,7 @@ pub struct Desired {
     pub config: ConfigFile,
     pub secret_version: SecretVersion,
     pub network: String,
+    pub network_spec: NetworkSpec,
     pub volume: String,
     /// In start order: evi-state first.
     pub containers: Vec<ContainerSpec>,
@@ -141,7 +176,21 @@ pub struct Desired {
     pub unwanted_containers: Vec<String>,
 }
 
-/// A network, volume or secret as observed.
+/// evi-net as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObservedNetwork {
+    pub name: String,
+    pub labels: Labels,
+    pub subnets: Vec<Ipv4Net>,
+}
+
+impl ObservedNetwork {
+    pub fn owned(&self) -> bool {
+        is_owned(&self.labels)
+    }
+}
+
+/// A volume or secret as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ObservedResource {
     pub name: String,
@@ -162,6 +211,9 @@ pub struct ObservedContainer {
     pub running: bool,
     /// Podman's state word: `running`, `exited`, `created`, ...
     pub state: String,
+    /// The networks it is attached to, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
 }
 
 impl ObservedContainer {
@@ -179,7 +231,10 @@ pub fn is_owned(labels: &Labels) -> bool {
 pub struct Observed {
     /// The config file's content, if it exists.
     pub config: Option<String>,
-    pub network: Option<ObservedResource>,
+    pub network: Option<ObservedNetwork>,
+    /// Subnets in use on the host besides evi-net's: other Podman networks
+    /// and host routes, each with a description (`Podman network podman`).
+    pub other_subnets: Vec<(String, Ipv4Net)>,
     pub volume: Option<ObservedResource>,
     /// Secrets whose names evi-install uses (`evi-state-password-v*`, `evi-valkey-url-v*`).
     pub secrets: Vec<ObservedResource>,
@@ -250,7 +305,15 @@ pub enum Change {
     CreateSecrets {
         version: SecretVersion,
     },
-    CreateNetwork,
+    CreateNetwork {
+        spec: NetworkSpec,
+    },
+    /// Remove these containers (ours, on the network), the network, and
+    /// create it again from the spec.
+    ReplaceNetwork {
+        spec: NetworkSpec,
+        containers: Vec<String>,
+    },
     CreateVolume,
     CreateContainer {
         spec: Box<ContainerSpec>,

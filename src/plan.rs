@@ -15,6 +15,12 @@ use crate::model::*;
 pub enum PlanError {
     /// A resource holds one of our names but evi-install did not create it.
     Foreign { kind: Kind, name: String },
+    /// evi-net's subnet would overlap a host route or another Podman network.
+    SubnetOverlap {
+        subnet: ipnet::Ipv4Net,
+        with: String,
+        other: ipnet::Ipv4Net,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -26,6 +32,15 @@ impl fmt::Display for PlanError {
                  so evi-install will not touch it; remove or rename it (`podman {} rm {name}`) and run again",
                 kind.as_str(),
                 kind.as_str(),
+            ),
+            PlanError::SubnetOverlap {
+                subnet,
+                with,
+                other,
+            } => write!(
+                f,
+                "network_subnet {subnet} overlaps {other} of {with}; \
+                 set `network_subnet` in the settings to a free private range"
             ),
         }
     }
@@ -99,18 +114,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         ));
     }
 
-    let network_created = observed.network.is_none();
-    steps.push(if network_created {
-        step(
-            Kind::Network,
-            &desired.network,
-            Verb::Create,
-            "missing",
-            Change::CreateNetwork,
-        )
-    } else {
-        keep(Kind::Network, &desired.network)
-    });
+    let (network_step, network_created) = network_step(desired, observed)?;
+    steps.push(network_step);
     let volume_created = observed.volume.is_none();
     steps.push(if volume_created {
         step(
@@ -157,7 +162,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 Kind::Container,
                 name,
                 Verb::Remove,
-                "no image set for it in the settings",
+                if is_leftover(name) {
+                    "left over from an interrupted run"
+                } else {
+                    "no image set for it in the settings"
+                },
                 Change::RemoveContainer,
             ));
         }
@@ -177,18 +186,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     }
 
     Ok(Plan { steps })
-}
-
-/// The name prefix of the short-lived probe containers.
-pub const PROBE_PREFIX: &str = "evi-probe";
-
-/// Containers an interrupted run can leave behind: a client's successor, the
-/// rotation job, a probe. Left on evi-net, they would block its removal.
-pub fn is_leftover(name: &str) -> bool {
-    name == successor_name(BACKEND_CONTAINER)
-        || name == successor_name(WORKER_CONTAINER)
-        || name == crate::rotate::JOB_CONTAINER
-        || name.starts_with(PROBE_PREFIX)
 }
 
 /// What `down` removes: leftovers of an interrupted run, our containers
@@ -285,6 +282,67 @@ pub fn plan_down(
     (Plan { steps }, skipped)
 }
 
+/// evi-net: created, kept, or re-created when its subnet is not the one the
+/// fixed addresses come from (a network made before addresses were fixed, or
+/// a changed `network_subnet`). The bool says whether the containers on it
+/// are re-created too.
+fn network_step(desired: &Desired, observed: &Observed) -> Result<(Step, bool), PlanError> {
+    let spec = &desired.network_spec;
+    let name = &desired.network;
+    let reason = match &observed.network {
+        None => "missing".to_string(),
+        Some(n) if n.subnets.contains(&spec.subnet) => {
+            return Ok((keep(Kind::Network, name), false))
+        }
+        Some(n) => {
+            let had = n
+                .subnets
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "its subnet is {had}, not {} (network_subnet): evi-state needs a fixed address in it, \
+                 so that clients find it without DNS; the containers on it are re-created",
+                spec.subnet
+            )
+        }
+    };
+    let others = observed.other_subnets.iter().map(|(w, n)| (w.as_str(), *n));
+    if let Some((with, other)) = crate::addressing::first_overlap(spec.subnet, others) {
+        return Err(PlanError::SubnetOverlap {
+            subnet: spec.subnet,
+            with: with.to_string(),
+            other,
+        });
+    }
+    let step = match &observed.network {
+        None => step(
+            Kind::Network,
+            name,
+            Verb::Create,
+            &reason,
+            Change::CreateNetwork { spec: spec.clone() },
+        ),
+        Some(_) => step(
+            Kind::Network,
+            name,
+            Verb::Replace,
+            &reason,
+            Change::ReplaceNetwork {
+                spec: spec.clone(),
+                containers: observed
+                    .containers
+                    .values()
+                    .filter(|c| c.owned())
+                    .map(|c| c.name.clone())
+                    .collect(),
+            },
+        ),
+    };
+    Ok((step, true))
+}
+
 fn config_step(desired: &Desired, observed: &Observed) -> Step {
     let path = desired.config.path.display().to_string();
     let content = &desired.config.content;
@@ -328,14 +386,21 @@ fn container_step(
     let Some(current) = observed else {
         return create(Verb::Create, "missing");
     };
-    let drift = drifted_fields(spec, current);
+    let mut drift = drifted_fields(spec, current);
+    let detached = current
+        .networks
+        .as_ref()
+        .is_some_and(|n| !n.contains(&spec.network));
+    if detached && drift.is_empty() {
+        drift.push(format!("attachment to {}", spec.network));
+    }
     if !drift.is_empty() {
         return create(Verb::Replace, &format!("{} changed", drift.join(", ")));
     }
     if network_created {
         return create(
             Verb::Replace,
-            &format!("its network {} is being created", spec.network),
+            &format!("its network {} is being (re-)created", spec.network),
         );
     }
     if volume_created {
@@ -432,7 +497,12 @@ mod tests {
         };
         Observed {
             config: Some(d.config.content.clone()),
-            network: Some(owned(&d.network)),
+            network: Some(ObservedNetwork {
+                name: d.network.clone(),
+                labels: owned_labels(),
+                subnets: vec![d.network_spec.subnet],
+            }),
+            other_subnets: vec![],
             volume: Some(owned(&d.volume)),
             secrets: vec![
                 owned(&d.secret_version.password_name()),
@@ -448,6 +518,7 @@ mod tests {
                         labels: c.labels.clone(),
                         running: true,
                         state: "running".into(),
+                        networks: Some(vec![c.network.clone()]),
                     };
                     (c.name.clone(), o)
                 })
@@ -520,6 +591,33 @@ mod tests {
                 ],
             ),
             (
+                "evi-be disconnected from evi-net by hand",
+                |o| o.containers.get_mut("evi-be").unwrap().networks = Some(vec![]),
+                vec!["Replace container evi-be"],
+            ),
+            (
+                "evi-net made before fixed addresses (Podman chose its subnet)",
+                |o| o.network.as_mut().unwrap().subnets = vec!["10.89.0.0/24".parse().unwrap()],
+                vec![
+                    "Replace network evi-net",
+                    "Replace container evi-state",
+                    "Replace container evi-be",
+                    "Replace container evi-worker",
+                ],
+            ),
+            (
+                "a leftover probe of an interrupted run",
+                |o| {
+                    let probe = ObservedContainer {
+                        name: "evi-probe".into(),
+                        labels: owned_labels(),
+                        ..Default::default()
+                    };
+                    o.containers.insert("evi-probe".into(), probe);
+                },
+                vec!["Remove container evi-probe"],
+            ),
+            (
                 "old generation left behind",
                 |o| {
                     o.secrets.push(ObservedResource {
@@ -536,6 +634,46 @@ mod tests {
             mutate(&mut o);
             assert_eq!(summary(&plan(&d, &o).unwrap()), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_network_with_another_subnet_is_re_created_with_everything_on_it() {
+        let d = app();
+        let mut o = converged(&d);
+        o.network.as_mut().unwrap().subnets = vec!["10.89.0.0/24".parse().unwrap()];
+        let p = plan(&d, &o).unwrap();
+        let net = p.steps.iter().find(|s| s.kind == Kind::Network).unwrap();
+        assert!(net
+            .reason
+            .starts_with("its subnet is 10.89.0.0/24, not 10.90.213.0/24"));
+        match &net.change {
+            Change::ReplaceNetwork { spec, containers } => {
+                assert_eq!(spec.subnet, d.network_spec.subnet);
+                assert_eq!(containers, &["evi-be", "evi-state", "evi-worker"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_subnet_in_use_on_the_host_is_refused_before_any_change() {
+        let d = app();
+        let used = |with: &str, net: &str| Observed {
+            other_subnets: vec![(with.to_string(), net.parse().unwrap())],
+            ..Observed::default()
+        };
+        let err = plan(&d, &used("the Podman network `other`", "10.90.0.0/16")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network_subnet 10.90.213.0/24 overlaps 10.90.0.0/16 of the Podman network `other`; \
+             set `network_subnet` in the settings to a free private range"
+        );
+        assert!(plan(&d, &used("the host route on eth0", "10.90.213.128/25")).is_err());
+        assert!(plan(&d, &used("the host route on eth0", "10.90.214.0/24")).is_ok());
+        // An existing evi-net of the right subnet is not checked again.
+        let mut o = converged(&d);
+        o.other_subnets = vec![("x".into(), "10.0.0.0/8".parse().unwrap())];
+        assert!(plan(&d, &o).is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::model::{Plan, Step, Verb};
 use crate::ui::{Style, Ui};
 
 /// Bumped whenever the JSON layout changes incompatibly.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
 
 pub fn symbol(verb: Verb) -> &'static str {
     match verb {

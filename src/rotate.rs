@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::apply::{has_stopped, replace_client, wait_ready, Poll};
+use crate::apply::{replace_client, wait_ready};
 use crate::desired::owned_labels;
 use crate::engine::{create_secret_pair, Engine};
 use crate::model::*;
@@ -245,8 +245,14 @@ old=; new=
 IFS= read -r old < /run/secrets/evi-old-password || true
 IFS= read -r new < /run/secrets/evi-new-password || true
 if [ -z "$old" ] || [ -z "$new" ]; then echo "rotation job: a password secret is empty" >&2; exit 78; fi
-cli() { valkey-cli --no-auth-warning -h evi-state -p 6379; }
+cli() { valkey-cli --no-auth-warning -t 2 -h evi-state -p 6379; }
 works() { [ "$(printf 'AUTH %s\nPING\n' "$1" | cli 2>&1)" = "$(printf 'OK\nPONG')" ]; }
+# Unreachable is not a wrong password: without AUTH a reachable server answers NOAUTH.
+out=$(printf 'PING\n' | cli 2>&1)
+case "$out" in
+  *NOAUTH*|PONG) ;;
+  *) echo "rotation job: cannot reach evi-state (connection, not password): $out" >&2; exit 69 ;;
+esac
 # The password the server accepts now: old first, new after an interrupted run.
 current() { if works "$old"; then cur=$old; elif works "$new"; then cur=$new; else echo "rotation job: evi-state accepts neither password" >&2; exit 1; fi; }
 case "$1" in
@@ -268,10 +274,9 @@ esac
 echo "rotation job: $1 done"
 "#;
 
-pub const JOB_CONTAINER: &str = "evi-rotate";
-
 fn job_spec(
     state: &ContainerSpec,
+    subnet: ipnet::Ipv4Net,
     from: SecretVersion,
     to: SecretVersion,
     action: &str,
@@ -288,6 +293,7 @@ fn job_spec(
             "evi-rotate".into(),
             action.into(),
         ],
+        entrypoint: Some(vec![]),
         user: state.user.clone(),
         mounts: vec![],
         secrets: vec![
@@ -304,6 +310,10 @@ fn job_spec(
         ],
         network: state.network.clone(),
         aliases: vec![],
+        // Finds evi-state as the clients do: a fixed address in /etc/hosts.
+        addresses: vec![crate::addressing::job_address(subnet)],
+        hosts: vec![crate::addressing::state_host_entry(subnet)],
+        network_of: None,
         restart: "no".into(),
         stop_timeout: crate::timeouts::HELPER_STOP_SECS,
         config_hash: None,
@@ -314,39 +324,14 @@ fn job_spec(
 
 /// Runs the job container to completion and removes it.
 async fn run_job<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
-    engine
-        .remove_container(&spec.name, spec.stop_timeout)
-        .await?;
-    engine.create_container(spec).await?;
-    let result = async {
-        engine.start_container(&spec.name).await?;
-        let mut poll = Poll::new(crate::timeouts::JOB_RUN);
-        loop {
-            match engine.container_state(&spec.name).await? {
-                Some((state, code)) if has_stopped(&state) => {
-                    if code == 0 {
-                        return Ok(());
-                    }
-                    let logs = engine.logs(&spec.name, 10).await.unwrap_or_default();
-                    bail!(
-                        "the rotation job failed (exit code {code}): {}",
-                        redact(logs.trim())
-                    );
-                }
-                None => bail!("the rotation job container disappeared"),
-                _ if poll.expired() => bail!(
-                    "the rotation job did not finish within {}s",
-                    crate::timeouts::JOB_RUN.as_secs()
-                ),
-                _ => poll.pause().await,
-            }
-        }
+    let (code, logs) = crate::reach::run_once(engine, spec, crate::timeouts::JOB_RUN).await?;
+    if code != 0 {
+        bail!(
+            "the rotation job failed (exit code {code}): {}",
+            redact(logs.trim())
+        );
     }
-    .await;
-    engine
-        .remove_container(&spec.name, spec.stop_timeout)
-        .await?;
-    result
+    Ok(())
 }
 
 /// The specs of the stack at the two generations.
@@ -508,6 +493,7 @@ async fn run_step<E: Engine>(
     replaced_clients: &mut Vec<String>,
 ) -> Result<()> {
     let (from, to) = (rotation.from, rotation.to);
+    let subnet = specs.to.network_spec.subnet;
     match step {
         RotStep::RemoveIncomplete(names) | RotStep::RemoveOldSecrets(names) => {
             for name in names {
@@ -516,8 +502,10 @@ async fn run_step<E: Engine>(
             Ok(())
         }
         RotStep::CreateSecrets => create_secret_pair(engine, to, &Password::generate()?).await,
-        RotStep::AddPassword => run_job(engine, &job_spec(state_to, from, to, "add")).await,
-        RotStep::RevokeOld => run_job(engine, &job_spec(state_to, from, to, "revoke")).await,
+        RotStep::AddPassword => run_job(engine, &job_spec(state_to, subnet, from, to, "add")).await,
+        RotStep::RevokeOld => {
+            run_job(engine, &job_spec(state_to, subnet, from, to, "revoke")).await
+        }
         RotStep::ReplaceClients(names) => {
             for name in names {
                 // Counted before it is done: a half-done move is rolled back too.
@@ -567,7 +555,13 @@ async fn rollback<E: Engine>(
     if progress.password_added {
         run_job(
             engine,
-            &job_spec(state_to, rotation.from, rotation.to, "rollback"),
+            &job_spec(
+                state_to,
+                specs.to.network_spec.subnet,
+                rotation.from,
+                rotation.to,
+                "rollback",
+            ),
         )
         .await?;
     }

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use ipnet::Ipv4Net;
+
 use crate::size::ByteSize;
 
 /// The built-in defaults, kept as data so a reviewer can read them without code.
@@ -26,6 +28,10 @@ pub const IMPLICIT_SETTINGS_FILE: &str = "evi.yaml";
 pub struct Settings {
     pub state_dir: PathBuf,
     pub network: String,
+    /// evi-net's IPv4 subnet. evi-state and every container evi-install
+    /// creates on it get fixed addresses from it (see `addressing.rs`), so
+    /// clients find evi-state without the network's DNS.
+    pub network_subnet: Ipv4Net,
     pub services: Services,
     pub valkey: Valkey,
     /// The settings file these came from, if any (absolute), for headers and messages.
@@ -100,6 +106,7 @@ impl fmt::Display for AppendFsync {
 struct Layer {
     state_dir: Option<PathBuf>,
     network: Option<String>,
+    network_subnet: Option<String>,
     services: Option<ServicesLayer>,
     valkey: Option<ValkeyLayer>,
 }
@@ -455,6 +462,13 @@ fn resolve(
             "use letters, digits, `-`, `_` and `.`, starting with a letter or digit",
         ));
     }
+    let subnet_text = file
+        .network_subnet
+        .or(defaults.network_subnet)
+        .ok_or_else(|| missing_default("network_subnet"))?;
+    let network_subnet = crate::addressing::parse_subnet(&subnet_text).map_err(|problem| {
+        SettingsError::new(origin, Some("network_subnet"), problem, SUBNET_FIX)
+    })?;
     let state_dir = state_dir
         .map(Path::to_path_buf)
         .or(file.state_dir)
@@ -472,6 +486,7 @@ fn resolve(
     let settings = Settings {
         state_dir,
         network,
+        network_subnet,
         services,
         valkey,
         source: None,
@@ -479,6 +494,9 @@ fn resolve(
     validate_valkey(&settings.valkey, origin)?;
     Ok(settings)
 }
+
+const SUBNET_FIX: &str =
+    "write a private IPv4 subnet from /16 to /26 such as `10.90.213.0/24`, unused on this host";
 
 fn validate_valkey(valkey: &Valkey, origin: &str) -> Result<(), SettingsError> {
     if valkey.maxmemory.bytes() == 0 {

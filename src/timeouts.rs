@@ -129,9 +129,7 @@ mod tests {
         }
         let observed = engine.host.lock().unwrap().clone();
         let (plan, _) = crate::plan::plan_down(&observed, "evi-net", "/s/valkey.conf", false);
-        let opts = crate::apply::Options {
-            ready_timeout: Duration::from_secs(0),
-        };
+        let opts = crate::apply::Options::new(Duration::from_secs(0));
         crate::apply::apply(&engine, &plan, &crate::ui::Ui::silent(), &opts)
             .await
             .unwrap();

@@ -266,6 +266,37 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             },
         ),
         case(
+            "subnet with host bits",
+            &[
+                "`network_subnet`",
+                "host bits set (the subnet is 10.90.213.0/24)",
+                "write a private IPv4 subnet",
+            ],
+            |s| {
+                settings_with(s, "network_subnet: 10.90.213.7/24\n");
+                up()
+            },
+        ),
+        case(
+            "subnet used by another Podman network",
+            Box::leak(Box::new([
+                Box::leak(
+                    format!(
+                        "overlaps {}.128/25 of the Podman network `evi-test-overlap`",
+                        lane_prefix()
+                    )
+                    .into_boxed_str(),
+                ) as &str,
+                "set `network_subnet` in the settings to a free private range",
+            ])),
+            |s| {
+                settings_with(s, "");
+                let half = format!("{}.128/25", lane_prefix());
+                podman_ok(&["network", "create", "--subnet", &half, "evi-test-overlap"]);
+                up()
+            },
+        ),
+        case(
             "foreign volume",
             &["volume `evi-state-data` exists but was not created by evi-install"],
             |s| {
@@ -279,7 +310,7 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             &["secret `evi-state-password-v1` exists but was not created by evi-install"],
             |s| {
                 settings_with(s, "");
-                let mut child = Command::new("podman")
+                let mut child = podman_command()
                     .args(["secret", "create", "evi-state-password-v1", "-"])
                     .stdin(std::process::Stdio::piped())
                     .spawn()
@@ -397,8 +428,9 @@ fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
     let tar = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C {} -c . | podman import - localhost/evi-broken-state:1",
-            root.display()
+            "tar -C {} -c . | {} import - localhost/evi-broken-state:1",
+            root.display(),
+            podman_program()
         ))
         .output()
         .unwrap();

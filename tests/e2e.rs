@@ -82,6 +82,36 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
         );
     }
 
+    // `up` ended on a client's PONG, and said so.
+    assert!(
+        up.stdout
+            .contains("a new client on evi-net got PONG from evi-state with its VALKEY_URL"),
+        "{}",
+        up.stdout
+    );
+    // evi-state has its fixed address; each client finds it through /etc/hosts,
+    // whatever the network's DNS does (the CNI lane has none).
+    let state_ip = state_address();
+    assert_eq!(
+        podman_ok(&[
+            "inspect",
+            "evi-state",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        ])
+        .trim(),
+        state_ip
+    );
+    for client in ["evi-be", "evi-worker"] {
+        assert_eq!(
+            podman_ok(&["exec", client, "getent", "hosts", "evi-state"])
+                .split_whitespace()
+                .next(),
+            Some(state_ip.as_str()),
+            "{client}"
+        );
+    }
+
     // From evi-be: PONG with the password from VALKEY_URL, NOAUTH without.
     let ping = until_reachable(|| {
         podman(&[
@@ -207,7 +237,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     assert_eq!(check.code, 0, "{}", check.all());
     let json = site.up(&["--dry-run", "--output", "json", "-v"]);
     let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON plan");
-    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["format_version"], "2");
     assert_eq!(doc["changes_pending"], false);
     for (what, out) in [
         ("up", &up),
@@ -466,12 +496,16 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
         "{}",
         out.stdout
     );
+    // Every container evi-install made carries its label, whatever the name
+    // (temporary successors included). Not `name=evi-`, which matches anywhere
+    // in a name: the host may hold others' containers (the Podman 5 lane's
+    // `evi-test-podman5-*`, a colleague's probe).
     assert_eq!(
         podman_ok(&[
             "ps",
             "-a",
             "--filter",
-            "name=evi-",
+            "label=io.evi-install.managed=true",
             "--format",
             "{{.Names}}"
         ])
@@ -551,7 +585,7 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
     state_cli("expire stream:tasks:email 600");
     let doc: serde_json::Value =
         serde_json::from_str(&status(&["--output", "json"]).stdout).unwrap();
-    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["format_version"], "2");
     assert_eq!(doc["valkey"]["keys_cache_db"], 1);
     assert_eq!(doc["valkey"]["keys_op"], 1);
     assert_eq!(doc["valkey"]["keys_stream"], 1);
@@ -562,6 +596,36 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
         .unwrap()
         .contains("stream `stream:tasks:email` has a TTL"));
     state_cli("persist stream:tasks:email");
+
+    // The queue: a consumer group with one entry delivered and not acknowledged.
+    state_cli("xgroup create stream:tasks:email workers 0");
+    state_cli("xadd stream:tasks:email '*' type reminder");
+    state_cli("xreadgroup group workers w1 count 1 streams stream:tasks:email '>'");
+    let out = status(&["--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let queue = &doc["valkey"]["streams"][0];
+    assert_eq!(queue["key"], "stream:tasks:email", "{}", out.stdout);
+    assert_eq!(queue["length"], 2);
+    let group = &queue["groups"][0];
+    assert_eq!(
+        (
+            &group["name"],
+            &group["consumers"],
+            &group["pending"],
+            &group["lag"]
+        ),
+        (&"workers".into(), &1.into(), &1.into(), &1.into()),
+        "{}",
+        out.stdout
+    );
+    assert!(group["oldest_pending_idle_ms"].as_u64().unwrap() < 60_000);
+    let text = status(&[]).stdout;
+    assert!(
+        text.contains(
+            "queue    stream:tasks:email: 2 entries; group workers: 1 consumers, 1 pending (oldest waiting"
+        ),
+        "{text}"
+    );
 
     // Memory nearly full of keys without a TTL: the OOM warning.
     let fill =
@@ -605,4 +669,268 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
         true,
         "the running server was made from the settings"
     );
+}
+
+/// The client's view in `status`: one line per client, from inside its network
+/// namespace, naming the layer that fails; exit 1 when a client cannot reach
+/// evi-state.
+#[test]
+fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let status = || site.evi().args(["status"]).run();
+    let layer_of = |client: &str| -> (String, String) {
+        let out = site.evi().args(["status", "--output", "json"]).run();
+        let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON status");
+        let entry = doc["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == client)
+            .unwrap_or_else(|| panic!("no {client} in {}", out.stdout))
+            .clone();
+        (
+            entry["result"].as_str().unwrap().to_string(),
+            entry["layer"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+
+    let healthy = status();
+    assert_eq!(healthy.code, 0, "{}", healthy.all());
+    for client in ["evi-be", "evi-worker"] {
+        assert!(
+            healthy.stdout.contains(&format!(
+                "{client:<10} reaches evi-state: PONG with its VALKEY_URL"
+            )),
+            "{}",
+            healthy.stdout
+        );
+        assert_eq!(layer_of(client), ("ok".to_string(), String::new()));
+    }
+
+    // Name resolution: evi-be loses its hosts entry. Without DNS (the CNI lane)
+    // nothing else can resolve evi-state; with aardvark-dns the alias still may.
+    let hosts = podman_ok(&["exec", "evi-be", "cat", "/etc/hosts"]);
+    podman_ok(&[
+        "exec",
+        "evi-be",
+        "sh",
+        "-c",
+        "grep -v evi-state /etc/hosts > /tmp/h && cat /tmp/h > /etc/hosts",
+    ]);
+    if std::env::var("EVI_TEST_NETWORK_BACKEND").as_deref() == Ok("cni") {
+        let out = status();
+        assert_eq!(out.code, 1, "{}", out.all());
+        assert!(
+            out.stdout
+                .contains("evi-be     CANNOT reach evi-state: name resolution failed"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            layer_of("evi-be"),
+            ("failed".to_string(), "name_resolution".to_string())
+        );
+    }
+    let restore = format!("printf '%s' '{hosts}' > /etc/hosts");
+    podman_ok(&["exec", "evi-be", "sh", "-c", &restore]);
+    assert_eq!(status().code, 0);
+
+    // Connection: evi-be is taken off evi-net.
+    podman_ok(&["network", "disconnect", "evi-net", "evi-be"]);
+    let out = status();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("evi-be     CANNOT reach evi-state: connection failed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        layer_of("evi-be"),
+        ("failed".to_string(), "connection".to_string())
+    );
+    assert_eq!(layer_of("evi-worker"), ("ok".to_string(), String::new()));
+    // `up` sees it too and repairs it.
+    let repair = site.up(&[]);
+    assert_eq!(repair.code, 0, "{}", repair.all());
+    assert!(
+        repair.stdout.contains("attachment to evi-net changed"),
+        "{}",
+        repair.stdout
+    );
+    assert_eq!(status().code, 0);
+
+    // Authentication: evi-state stops accepting the clients' password.
+    state_cli("acl setuser default resetpass >SomeOtherPassword0123456789");
+    let out = status();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("evi-be     CANNOT reach evi-state: authentication failed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        layer_of("evi-worker"),
+        ("failed".to_string(), "authentication".to_string())
+    );
+    assert!(!out.all().contains(&site.password()));
+}
+
+/// A host set up before evi-state had a fixed address: evi-net exists with a
+/// subnet Podman chose, and a client runs on it. `up` says that it re-creates
+/// the network and everything on it, and why, and clients reach evi-state after.
+#[test]
+fn an_evi_net_made_the_old_way_is_migrated_visibly() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    podman_ok(&[
+        "network",
+        "create",
+        "--label",
+        "io.evi-install.managed=true",
+        "evi-net",
+    ]);
+    let old_subnet = podman_ok(&[
+        "network",
+        "inspect",
+        "evi-net",
+        "--format",
+        "{{range .Subnets}}{{.Subnet}}{{end}}",
+    ]);
+    podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "evi-be",
+        "--label",
+        "io.evi-install.managed=true",
+        "--network",
+        "evi-net",
+        &site.podman.valkey_image,
+        "sleep",
+        "600",
+    ]);
+
+    let dry = site.up(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(
+        dry.stdout.contains(&format!(
+            "network evi-net  (its subnet is {}, not",
+            old_subnet.trim()
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("so that clients find it without DNS; the containers on it are re-created"),
+        "{}",
+        dry.stdout
+    );
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let new_subnet = podman_ok(&[
+        "network",
+        "inspect",
+        "evi-net",
+        "--format",
+        "{{range .Subnets}}{{.Subnet}}{{end}}",
+    ]);
+    let expected = std::env::var("EVI_TEST_SUBNET").unwrap_or_else(|_| "10.90.213.0/24".into());
+    assert_eq!(new_subnet.trim(), expected);
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// The image contract (README "The image evi-state runs"): any image with
+/// `sh`, `valkey-server`, `valkey-cli`, a `valkey` user and `setpriv` runs
+/// evi-state as that user, whoever owns `/data`; one that cannot drop root is
+/// refused, and nothing runs as root.
+#[test]
+fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused() {
+    let _lock = host_lock();
+    let image = |var: &str| {
+        std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `scripts/test.sh`"))
+    };
+    let site = Site::new("");
+    let settings_for = |state_image: &str| {
+        let idle = r#"[sh, -c, "trap 'exit 0' TERM; sleep infinity & wait"]"#;
+        let clients = &site.podman.valkey_image;
+        let yaml = format!(
+            "state_dir: {}\n{}services:\n  evi-state: {{ image: {state_image} }}\n  \
+             evi-be: {{ image: {clients}, command: {idle} }}\n",
+            site.state_dir().display(),
+            lane_subnet_yaml()
+        );
+        std::fs::write(site.settings(), yaml).unwrap();
+    };
+    for (what, state_image) in [
+        ("the test image", site.podman.valkey_image.clone()),
+        (
+            "an image whose /data is root's",
+            image("EVI_TEST_IMAGE_NODATA"),
+        ),
+        (
+            "an image laid out like valkey/valkey:8",
+            image("EVI_TEST_IMAGE_OFFICIAL"),
+        ),
+    ] {
+        reset_host();
+        settings_for(&state_image);
+        let up = site.up(&[]);
+        assert_eq!(up.code, 0, "{what}: {}", up.all());
+        // The server runs as valkey, and the data it wrote is valkey's.
+        assert_eq!(
+            podman_ok(&["exec", "evi-state", "stat", "-c", "%U", "/proc/1"]).trim(),
+            "valkey",
+            "{what}"
+        );
+        assert_eq!(
+            podman_ok(&[
+                "exec",
+                "evi-state",
+                "stat",
+                "-c",
+                "%U",
+                "/data",
+                "/data/appendonlydir"
+            ])
+            .trim(),
+            "valkey\nvalkey",
+            "{what}"
+        );
+        state_cli("set op:contract 1 ex 60");
+        let status = site.evi().args(["status"]).run();
+        assert_eq!(status.code, 0, "{what}: {}", status.all());
+    }
+
+    // No way to drop privileges: refused, with the reason, and nothing runs.
+    reset_host();
+    settings_for(&image("EVI_TEST_IMAGE_NOSETPRIV"));
+    let up = site.up(&[]);
+    assert_eq!(up.code, 1, "{}", up.all());
+    assert!(
+        up.stderr.contains("exit code 78") && up.stderr.contains("refusing to run Valkey as root"),
+        "{}",
+        up.stderr
+    );
+    // Its restart policy may start it again, but the server never starts.
+    let logs = podman(&["logs", "evi-state"]).all();
+    assert!(logs.contains("refusing to run Valkey as root"), "{logs}");
+    assert!(!logs.contains("Ready to accept connections"), "{logs}");
+    reset_host();
 }

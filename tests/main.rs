@@ -6,6 +6,7 @@
 
 mod catalogue;
 mod cli;
+mod clients;
 mod e2e;
 mod hardening;
 mod rotation;

@@ -34,8 +34,9 @@ fn looping_site() -> Site {
     let image = &site.podman.valkey_image;
     let quoted = serde_json::to_string(CLIENT_LOOP).unwrap();
     let yaml = format!(
-        "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sh, -c, {quoted}] }}\n  evi-worker: {{ image: {image}, command: [sh, -c, {quoted}] }}\n",
-        site.state_dir().display()
+        "state_dir: {}\n{}services:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: [sh, -c, {quoted}] }}\n  evi-worker: {{ image: {image}, command: [sh, -c, {quoted}] }}\n",
+        site.state_dir().display(),
+        lane_subnet_yaml()
     );
     std::fs::write(site.settings(), yaml).unwrap();
     site
@@ -54,7 +55,7 @@ fn ping_with(pw: &str) -> String {
 fn ping_once(pw: &str) -> String {
     let script =
         "IFS= read -r p; REDISCLI_AUTH=$p valkey-cli --no-auth-warning -h evi-state ping 2>&1";
-    let mut child = Command::new("podman")
+    let mut child = podman_command()
         .args(["exec", "-i", "evi-be", "sh", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -97,7 +98,7 @@ fn our_secrets() -> Vec<String> {
 }
 
 fn follow_logs(name: &str) -> Child {
-    Command::new("podman")
+    podman_command()
         .args(["logs", "-f", name])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -48,9 +48,7 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &DownArgs, ui: &Ui) -> R
     let _lock = ctx.lock(settings, "down").await?;
     ui.info(&format!("Removing:\n\n{listing}\n"));
     let started = Instant::now();
-    let opts = apply::Options {
-        ready_timeout: Duration::from_secs(0),
-    };
+    let opts = apply::Options::new(Duration::from_secs(0));
     let report = apply(&engine, &plan, ui, &opts).await?;
     ui.result(&format!(
         "Down complete: {} removed in {:.1}s.",

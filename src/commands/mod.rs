@@ -68,27 +68,42 @@ async fn observe<E: crate::engine::Engine>(
     settings: &Settings,
 ) -> Result<crate::model::Observed> {
     use crate::model::{
-        successor_name, BACKEND_CONTAINER, DATA_VOLUME, STATE_CONTAINER, WORKER_CONTAINER,
+        successor_name, BACKEND_CONTAINER, DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER,
+        STATE_CONTAINER, WORKER_CONTAINER,
     };
     let (be_next, worker_next) = (
         successor_name(BACKEND_CONTAINER),
         successor_name(WORKER_CONTAINER),
     );
     // With the leftovers of an interrupted run, which `down` removes.
-    let probes = format!("{}*", crate::plan::PROBE_PREFIX);
+    let probes = format!("{PROBE_CONTAINER}*");
     let names = [
         STATE_CONTAINER,
         BACKEND_CONTAINER,
         WORKER_CONTAINER,
         &be_next,
         &worker_next,
-        crate::rotate::JOB_CONTAINER,
+        JOB_CONTAINER,
         &probes,
     ];
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
         .await?;
     observed.config = crate::fsutil::read_optional(&settings.config_path())?;
+    // Host routes count as used subnets, except evi-net's own bridge route.
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let own = observed
+        .network
+        .as_ref()
+        .map(|n| n.subnets.clone())
+        .unwrap_or_default();
+    for (iface, net) in crate::addressing::parse_routes(&routes) {
+        if !own.contains(&net) {
+            observed
+                .other_subnets
+                .push((format!("the host route on {iface}"), net));
+        }
+    }
     observed.boot_unit_enabled = crate::boot::unit_enabled(crate::model::BOOT_UNIT);
     Ok(observed)
 }

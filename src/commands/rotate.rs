@@ -43,6 +43,8 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &RotateArgs, ui: &Ui) ->
         Duration::from_secs(args.ready_timeout),
     )
     .await?;
+    // The clients hold the new URL now: prove that one gets PONG with it.
+    crate::reach::require_reach(&engine, settings, rotation.to).await?;
     let what = if rotation.resuming {
         "Rotation completed (it had been interrupted)"
     } else {

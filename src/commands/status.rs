@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::exit;
 use crate::model::*;
 use crate::plan::{check_ownership, plan, secret_version_for, PlanError};
+use crate::reach::{probe, probe_spec, Attach, Reach};
 use crate::render::valkey_conf;
 use crate::settings::Settings;
 use crate::ui::Ui;
@@ -41,6 +42,38 @@ struct ValkeyHealth {
     keys_stream: u64,
     keys_other: u64,
     streams_with_ttl: Vec<String>,
+    /// The task queues (`stream:*`), at most 100.
+    streams: Vec<StreamInfo>,
+}
+
+#[derive(Debug, Serialize, Default, PartialEq)]
+struct StreamInfo {
+    key: String,
+    length: u64,
+    groups: Vec<GroupInfo>,
+}
+
+#[derive(Debug, Serialize, Default, PartialEq)]
+struct GroupInfo {
+    name: String,
+    consumers: u64,
+    /// Delivered to a consumer, not yet acknowledged.
+    pending: u64,
+    /// Entries not yet delivered to the group; unknown after some deletions.
+    lag: Option<u64>,
+    /// How long the oldest pending entry has waited since its last delivery.
+    oldest_pending_idle_ms: Option<u64>,
+}
+
+/// The seed guide's workers reclaim entries pending longer than this (XAUTOCLAIM).
+const RECLAIM_WINDOW_MS: u64 = 60_000;
+
+/// Whether a client can use evi-state, seen from inside its network namespace.
+#[derive(Debug, Serialize)]
+struct ClientReach {
+    client: String,
+    #[serde(flatten)]
+    reach: Reach,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +81,8 @@ struct Report {
     format_version: &'static str,
     healthy: bool,
     resources: Vec<Resource>,
+    /// One entry per running client.
+    clients: Vec<ClientReach>,
     #[serde(skip_serializing_if = "Option::is_none")]
     valkey: Option<ValkeyHealth>,
     warnings: Vec<String>,
@@ -60,8 +95,21 @@ cli() { valkey-cli --no-auth-warning -e "$@"; }
 cli INFO || exit 1
 echo "# evi-keys"
 cli --scan | awk '/^cache:db:/{c++; next} /^op:/{o++; next} /^stream:/{s++; next} {x++} END{printf "keys_cache_db:%d\r\nkeys_op:%d\r\nkeys_stream:%d\r\nkeys_other:%d\r\n", c, o, s, x}'
-cli --scan --pattern 'stream:*' | while IFS= read -r key; do
+# Each task queue (the first 100): length, consumer groups, pending entries, lag,
+# and how long the oldest pending entry has waited (XPENDING's summary form).
+cli --scan --pattern 'stream:*' | head -n 100 | while IFS= read -r key; do
+  [ "$(cli TYPE "$key")" = stream ] || continue
+  printf 'evi_stream:%s\r\nevi_stream_length:%s\r\n' "$key" "$(cli XLEN "$key")"
   [ "$(cli TTL "$key")" -ge 0 ] && printf 'stream_with_ttl:%s\r\n' "$key"
+  cli XINFO GROUPS "$key" | awk 'NR % 2 == 1 { k = $0; next } { printf "%s=%s\n", k, $0 }' |
+  while IFS= read -r field; do
+    case "$field" in
+      name=*) group=${field#name=}; printf 'evi_group:%s\r\n' "$group"
+        idle=$(cli XPENDING "$key" "$group" - + 1 | sed -n 3p)
+        printf 'evi_group_oldest_idle_ms:%s\r\n' "${idle:-}" ;;
+      consumers=*|pending=*|lag=*) printf 'evi_group_%s:%s\r\n' "${field%%=*}" "${field#*=}" ;;
+    esac
+  done
 done
 exit 0
 "##;
@@ -106,18 +154,40 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
                 h.aof_last_rewrite_status, h.aof_last_write_status
             ));
         }
+        for st in &h.streams {
+            for g in &st.groups {
+                if let Some(idle) = g.oldest_pending_idle_ms.filter(|i| *i > RECLAIM_WINDOW_MS) {
+                    warnings.push(format!(
+                        "stream `{}` group `{}` has {} pending entries, the oldest waiting {}s, longer than the guide's \
+                         60 s reclaim window: a worker may have died; a worker reclaims them with XAUTOCLAIM when it starts",
+                        st.key,
+                        g.name,
+                        g.pending,
+                        idle / 1000
+                    ));
+                }
+            }
+        }
         for key in &h.streams_with_ttl {
             warnings.push(format!(
                 "stream `{key}` has a TTL: under volatile-* eviction it can be evicted with its queued tasks; `PERSIST {key}`"
             ));
         }
     }
+    let clients = if state_running {
+        client_reach(&engine, settings, &observed).await
+    } else {
+        vec![]
+    };
     resources.sort_by_key(|r| (r.kind, r.name.clone()));
-    let healthy = resources.iter().all(|r| r.matches) && warnings.is_empty();
+    let healthy = resources.iter().all(|r| r.matches)
+        && warnings.is_empty()
+        && clients.iter().all(|c| c.reach == Reach::Ok);
     let report = Report {
-        format_version: "1",
+        format_version: "2",
         healthy,
         resources,
+        clients,
         valkey,
         warnings,
     };
@@ -126,6 +196,54 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
         OutputFormat::Text => ui.result(&text(&report)),
     }
     Ok(if healthy { exit::OK } else { exit::ERROR })
+}
+
+/// Probes evi-state from inside each running client's network namespace
+/// (its interfaces, routes and /etc/hosts), with the client's own URL secret.
+async fn client_reach<E: Engine>(
+    engine: &E,
+    settings: &Settings,
+    observed: &Observed,
+) -> Vec<ClientReach> {
+    let clients: Vec<&ObservedContainer> = [BACKEND_CONTAINER, WORKER_CONTAINER]
+        .iter()
+        .filter_map(|name| observed.containers.get(*name))
+        .filter(|c| c.running && c.owned())
+        .collect();
+    let probes = clients.iter().map(|c| async move {
+        let version = c
+            .labels
+            .get(SECRET_VERSION_LABEL)
+            .and_then(|v| v.parse().ok())
+            .map(SecretVersion);
+        let reach = match version {
+            None => Reach::Failed {
+                layer: crate::reach::Layer::Other,
+                detail: "no password generation label; run `evi-install up`".into(),
+            },
+            Some(version) => {
+                // Unique per run: two `status` at once must not share a probe.
+                let name = format!("{PROBE_CONTAINER}-{}-{}", c.name, std::process::id());
+                let spec = probe_spec(
+                    &name,
+                    &settings.services.evi_state.image,
+                    &version.url_name(),
+                    Attach::Namespace(&c.name),
+                );
+                probe(engine, &spec)
+                    .await
+                    .unwrap_or_else(|e| Reach::Failed {
+                        layer: crate::reach::Layer::Other,
+                        detail: crate::secret::redact(&format!("{e:#}")),
+                    })
+            }
+        };
+        ClientReach {
+            client: c.name.clone(),
+            reach,
+        }
+    });
+    futures_util::future::join_all(probes).await
 }
 
 /// Every resource with its state and drift, from the same planner `up` uses.
@@ -215,6 +333,37 @@ fn parse_info(text: &str) -> ValkeyHealth {
             "keys_stream" => h.keys_stream = num(),
             "keys_other" => h.keys_other = num(),
             "stream_with_ttl" => h.streams_with_ttl.push(value.to_string()),
+            "evi_stream" => h.streams.push(StreamInfo {
+                key: value.to_string(),
+                ..StreamInfo::default()
+            }),
+            "evi_stream_length" => {
+                if let Some(st) = h.streams.last_mut() {
+                    st.length = num();
+                }
+            }
+            _ if key.starts_with("evi_group") => {
+                let Some(st) = h.streams.last_mut() else {
+                    continue;
+                };
+                if key == "evi_group" {
+                    st.groups.push(GroupInfo {
+                        name: value.to_string(),
+                        ..GroupInfo::default()
+                    });
+                    continue;
+                }
+                let Some(g) = st.groups.last_mut() else {
+                    continue;
+                };
+                match key {
+                    "evi_group_consumers" => g.consumers = num(),
+                    "evi_group_pending" => g.pending = num(),
+                    "evi_group_lag" => g.lag = value.parse().ok(),
+                    "evi_group_oldest_idle_ms" => g.oldest_pending_idle_ms = value.parse().ok(),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -270,6 +419,39 @@ fn text(report: &Report) -> String {
             "  keys     cache:db: {}, op: {}, stream: {}, other: {}\n",
             h.keys_cache_db, h.keys_op, h.keys_stream, h.keys_other
         ));
+        for st in &h.streams {
+            out.push_str(&format!("  queue    {}: {} entries", st.key, st.length));
+            if st.groups.is_empty() {
+                out.push_str(", no consumer group");
+            }
+            for g in &st.groups {
+                let lag = g.lag.map_or("unknown".to_string(), |l| l.to_string());
+                let oldest = g
+                    .oldest_pending_idle_ms
+                    .map(|ms| format!(" (oldest waiting {:.1}s)", ms as f64 / 1000.0))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "; group {}: {} consumers, {} pending{oldest}, lag {lag}",
+                    g.name, g.consumers, g.pending
+                ));
+            }
+            out.push('\n');
+        }
+    }
+    if !report.clients.is_empty() {
+        out.push_str("\nClients (probed from inside each client's network namespace):\n");
+        for c in &report.clients {
+            let verdict = match &c.reach {
+                Reach::Ok => "reaches evi-state: PONG with its VALKEY_URL".to_string(),
+                Reach::Failed { layer, detail } => {
+                    format!(
+                        "CANNOT reach evi-state: {layer} failed: {detail}; {}",
+                        layer.fix()
+                    )
+                }
+            };
+            out.push_str(&format!("  {:<10} {verdict}\n", c.client));
+        }
     }
     for w in &report.warnings {
         out.push_str(&format!("\nwarning: {w}"));
@@ -302,6 +484,44 @@ mod tests {
         assert_eq!(h.aof_last_rewrite_status, "ok");
         assert_eq!(h.keys_stream, 2);
         assert_eq!(h.streams_with_ttl, ["stream:tasks:x"]);
+    }
+
+    #[test]
+    fn queues_are_parsed_per_stream_and_group() {
+        let h = parse_info(
+            "keys_stream:2\r\nevi_stream:stream:tasks:email\r\nevi_stream_length:42\r\n\
+             evi_group:workers\r\nevi_group_oldest_idle_ms:61000\r\nevi_group_consumers:2\r\n\
+             evi_group_pending:3\r\nevi_group_lag:0\r\n\
+             evi_group:audit\r\nevi_group_oldest_idle_ms:\r\nevi_group_consumers:0\r\n\
+             evi_group_pending:0\r\nevi_group_lag:\r\n\
+             evi_stream:stream:tasks:sms\r\nevi_stream_length:0\r\n",
+        );
+        assert_eq!(
+            h.streams,
+            [
+                StreamInfo {
+                    key: "stream:tasks:email".into(),
+                    length: 42,
+                    groups: vec![
+                        GroupInfo {
+                            name: "workers".into(),
+                            consumers: 2,
+                            pending: 3,
+                            lag: Some(0),
+                            oldest_pending_idle_ms: Some(61000),
+                        },
+                        GroupInfo {
+                            name: "audit".into(),
+                            ..GroupInfo::default()
+                        },
+                    ],
+                },
+                StreamInfo {
+                    key: "stream:tasks:sms".into(),
+                    ..StreamInfo::default()
+                },
+            ]
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     // Changes ahead: take the host lock, then look again, since another run may
     // have changed the host while this one waited.
     let _lock = ctx.lock(settings, "up").await?;
-    let to_apply = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    let observed = observe(&engine, settings).await?;
+    let to_apply = make_document(settings, &conf, &observed)?;
+    let version = secret_version_for(&observed);
     // What is applied is always the plan made now; a saved one must equal it.
     if let Some(path) = &args.plan {
         crate::saved_plan::check(path, &to_apply)?;
@@ -84,19 +86,42 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     ui.info("");
 
     let started = Instant::now();
+    // Created is not working: `up` ends on a client's PONG. The probe starts as
+    // soon as evi-state answers, while the clients are still being started.
+    let (state_ready, ready) = tokio::sync::oneshot::channel();
     let opts = apply::Options {
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        state_ready: std::cell::Cell::new(Some(state_ready)),
     };
-    let report = apply(&engine, &to_apply.plan, ui, &opts).await?;
+    let probe = async {
+        ready.await.ok()?;
+        let probed = Instant::now();
+        let result = crate::reach::require_reach(&engine, settings, version).await;
+        Some(result.map(|()| probed.elapsed()))
+    };
+    let (report, probe) = tokio::join!(apply(&engine, &to_apply.plan, ui, &opts), probe);
+    let report = report?;
+    let probe_time = match probe {
+        Some(result) => result?,
+        None => bail!(
+            "evi-state was not ready, so no client could be checked; run `evi-install up` again"
+        ),
+    };
 
     // Look again: what was applied must now plan to nothing.
-    let after = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    let observed = observe(&engine, settings).await?;
+    let after = make_document(settings, &conf, &observed)?;
     if after.plan.has_changes() {
         bail!(
             "the host still differs from the settings after apply ({}); run `evi-install up --dry-run` to see what",
             plan_view::summary_line(&after.plan)
         );
     }
+    ui.info(&format!(
+        "  a new client on {} got PONG from evi-state with its VALKEY_URL ({:.1}s)",
+        settings.network,
+        probe_time.as_secs_f64()
+    ));
     ui.result(&report.summary(started.elapsed()));
     if !crate::boot::systemd_running() {
         ui.info(crate::boot::NO_SYSTEMD_NOTE);

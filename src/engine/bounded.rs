@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 
 use super::{Engine, ExecOutput};
-use crate::model::{ContainerSpec, Labels, Observed};
+use std::net::Ipv4Addr;
+
+use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
 
 /// One request's worth of work: inspect, create, start, rename, remove a
 /// secret or a network, read logs.
@@ -79,11 +81,31 @@ impl<E: Engine> Engine for Bounded<E> {
         .await
     }
 
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
+    async fn create_network(&self, name: &str, labels: &Labels, spec: &NetworkSpec) -> Result<()> {
         bound(
             REQUEST,
             || format!("create network {name}"),
-            self.inner.create_network(name, labels),
+            self.inner.create_network(name, labels, spec),
+        )
+        .await
+    }
+
+    async fn container_address(&self, name: &str, network: &str) -> Result<Option<Ipv4Addr>> {
+        bound(
+            REQUEST,
+            || format!("inspect container {name}"),
+            self.inner.container_address(name, network),
+        )
+        .await
+    }
+
+    async fn wait_exited(&self, name: &str) -> Result<()> {
+        // Callers bound the wait by what they run (a probe, the rotation
+        // job); this only catches a service that never answers at all.
+        bound(
+            crate::timeouts::JOB_RUN + REQUEST,
+            || format!("wait for container {name}"),
+            self.inner.wait_exited(name),
         )
         .await
     }
@@ -234,7 +256,13 @@ mod tests {
         async fn remove_secret(&self, _: &str) -> Result<()> {
             hang().await
         }
-        async fn create_network(&self, _: &str, _: &Labels) -> Result<()> {
+        async fn create_network(&self, _: &str, _: &Labels, _: &NetworkSpec) -> Result<()> {
+            hang().await
+        }
+        async fn container_address(&self, _: &str, _: &str) -> Result<Option<Ipv4Addr>> {
+            hang().await
+        }
+        async fn wait_exited(&self, _: &str) -> Result<()> {
             hang().await
         }
         async fn remove_network(&self, _: &str) -> Result<()> {
@@ -305,6 +333,7 @@ mod tests {
         .containers
         .remove(0);
         let labels = Labels::new();
+        let net = crate::addressing::network_spec("10.90.213.0/24".parse().unwrap());
         let cases: Vec<(String, u64, &str)> = vec![
             (timed(e.observe("n", "v", &[])).await, "list the network"),
             (
@@ -313,9 +342,14 @@ mod tests {
             ),
             (timed(e.remove_secret("s")).await, "remove secret s"),
             (
-                timed(e.create_network("n", &labels)).await,
+                timed(e.create_network("n", &labels, &net)).await,
                 "create network n",
             ),
+            (
+                timed(e.container_address("c", "n")).await,
+                "inspect container c",
+            ),
+            (timed(e.wait_exited("c")).await, "wait for container c"),
             (timed(e.remove_network("n")).await, "remove network n"),
             (
                 timed(e.create_volume("v", &labels)).await,
@@ -358,6 +392,7 @@ mod tests {
                 "pull image i" => PULL.as_secs(),
                 // Its 30s stop timeout, then the removal.
                 "remove container evi-state" => 60,
+                "wait for container c" => 90,
                 _ => 30,
             };
             assert_eq!(secs, expected, "{call}");
@@ -367,8 +402,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answering_engine_is_passed_through() {
         let engine = Bounded::new(FakeEngine::default());
+        let net = crate::addressing::network_spec("10.90.213.0/24".parse().unwrap());
         engine
-            .create_network("evi-net", &Labels::new())
+            .create_network("evi-net", &Labels::new(), &net)
             .await
             .unwrap();
         assert!(engine.image_exists("app").await.unwrap());

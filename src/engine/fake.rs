@@ -18,6 +18,10 @@ pub struct FakeEngine {
     /// The first call whose description starts with this fails (once).
     pub fail_on: Option<String>,
     pub failed: Mutex<bool>,
+    /// Every spec a container was created from, in order.
+    pub created: Mutex<Vec<ContainerSpec>>,
+    /// The address each container holds, as `container_address` reports it.
+    pub addresses: Mutex<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
     /// Every container removal with the stop timeout it was given.
     pub stop_timeouts: Mutex<Vec<(String, u64)>>,
     /// `exec` never answers, as in a wedged container or Podman service.
@@ -72,11 +76,12 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
+    async fn create_network(&self, name: &str, labels: &Labels, spec: &NetworkSpec) -> Result<()> {
         self.record(format!("create network {name}"))?;
-        self.host.lock().unwrap().network = Some(ObservedResource {
+        self.host.lock().unwrap().network = Some(ObservedNetwork {
             name: name.to_string(),
             labels: labels.clone(),
+            subnets: vec![spec.subnet],
         });
         Ok(())
     }
@@ -104,12 +109,20 @@ impl Engine for FakeEngine {
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
         self.record(format!("create container {}", spec.name))?;
+        self.created.lock().unwrap().push(spec.clone());
         let c = ObservedContainer {
             name: spec.name.clone(),
             image: spec.image.clone(),
             labels: spec.labels.clone(),
             running: false,
             state: "created".into(),
+            networks: Some(
+                spec.network_of
+                    .is_none()
+                    .then(|| spec.network.clone())
+                    .into_iter()
+                    .collect(),
+            ),
         };
         self.host
             .lock()
@@ -158,6 +171,18 @@ impl Engine for FakeEngine {
             .containers
             .get(name)
             .map(|c| (c.state.clone(), 0)))
+    }
+
+    async fn container_address(
+        &self,
+        name: &str,
+        _network: &str,
+    ) -> Result<Option<std::net::Ipv4Addr>> {
+        Ok(self.addresses.lock().unwrap().get(name).copied())
+    }
+
+    async fn wait_exited(&self, name: &str) -> Result<()> {
+        self.record(format!("wait container {name}"))
     }
 
     async fn exec(

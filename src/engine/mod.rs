@@ -6,11 +6,14 @@
 pub mod bounded;
 #[cfg(test)]
 pub mod fake;
+mod libpod_json;
 pub mod podman;
 
 use anyhow::Result;
 
-use crate::model::{ContainerSpec, Labels, Observed};
+use std::net::Ipv4Addr;
+
+use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
 use crate::secret::Password;
 
 /// What a command run inside a container printed, and how it exited.
@@ -25,13 +28,14 @@ pub struct ExecOutput {
 /// with the engine's own message.
 #[allow(async_fn_in_trait)]
 pub trait Engine {
-    /// The network, volume, our secrets and our containers, by name (a name
-    /// ending in `*` stands for every name with that prefix).
+    /// The network (with its subnets), the subnets of every other network,
+    /// the volume, our secrets and our containers, by name (a name ending in
+    /// `*` stands for every name with that prefix).
     async fn observe(&self, network: &str, volume: &str, containers: &[&str]) -> Result<Observed>;
     /// Creates a secret holding exactly `value`'s bytes.
     async fn create_secret(&self, name: &str, labels: &Labels, value: &str) -> Result<()>;
     async fn remove_secret(&self, name: &str) -> Result<()>;
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()>;
+    async fn create_network(&self, name: &str, labels: &Labels, spec: &NetworkSpec) -> Result<()>;
     async fn remove_network(&self, name: &str) -> Result<()>;
     async fn remove_volume(&self, name: &str) -> Result<()>;
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()>;
@@ -43,6 +47,10 @@ pub trait Engine {
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()>;
     /// Podman's state word for a container (`running`, `exited`, ...) and its exit code.
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>>;
+    /// The address a running container holds on `network`.
+    async fn container_address(&self, name: &str, network: &str) -> Result<Option<Ipv4Addr>>;
+    /// Returns once the container has exited (the caller bounds the wait).
+    async fn wait_exited(&self, name: &str) -> Result<()>;
     /// Runs a command in a running container, with extra environment.
     async fn exec(
         &self,

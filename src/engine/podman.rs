@@ -5,9 +5,11 @@
 //! calls on purpose, through the same containers-api request client:
 //! - secret creation, because podman-api JSON-encodes the value and the
 //!   secret would hold the quotes (vv9k/podman-api-rs#176);
-//! - nothing else yet.
+//! - container inspect, decoded by `libpod_json` because podman-api's typed
+//!   model cannot read Podman 5's shapes of fields the tool never uses.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -132,21 +134,63 @@ impl PodmanEngine {
                     labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
                     running: state == "running",
                     state,
+                    networks: c.networks.clone(),
                 },
             );
         }
         Ok(found)
     }
 
-    async fn network(&self, name: &str) -> Result<Option<ObservedResource>> {
-        match self.podman.networks().get(name).inspect().await {
-            Ok(n) => Ok(Some(ObservedResource {
-                name: name.to_string(),
-                labels: n.labels.unwrap_or_default().into_iter().collect(),
-            })),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(fault(&format!("inspect network {name}"), e)),
+    /// Our network, and every other network's subnets (a new evi-net must
+    /// not overlap them), from one listing.
+    async fn networks(
+        &self,
+        name: &str,
+    ) -> Result<(Option<ObservedNetwork>, Vec<(String, ipnet::Ipv4Net)>)> {
+        let list = self
+            .podman
+            .networks()
+            .list(&Default::default())
+            .await
+            .map_err(|e| fault("list networks", e))?;
+        let mut ours = None;
+        let mut others = Vec::new();
+        for n in list {
+            let subnets: Vec<ipnet::Ipv4Net> = n
+                .subnets
+                .iter()
+                .flatten()
+                .filter_map(|s| s.subnet.as_deref()?.parse().ok())
+                .collect();
+            let net_name = n.name.clone().unwrap_or_default();
+            if net_name == name {
+                ours = Some(ObservedNetwork {
+                    name: net_name,
+                    labels: n.labels.unwrap_or_default().into_iter().collect(),
+                    subnets,
+                });
+            } else {
+                others.extend(
+                    subnets
+                        .into_iter()
+                        .map(|s| (format!("the Podman network `{net_name}`"), s)),
+                );
+            }
         }
+        Ok((ours, others))
+    }
+
+    /// `netavark` or `cni`.
+    async fn network_backend(&self) -> Result<String> {
+        let info: serde_json::Value = self
+            .raw
+            .get_json(format!("/v{API_VERSION}/libpod/info"))
+            .await
+            .map_err(|e| anyhow!("read Podman's info: {}", flatten(&e)))?;
+        Ok(info["host"]["networkBackend"]
+            .as_str()
+            .unwrap_or("netavark")
+            .to_string())
     }
 
     async fn volume(&self, name: &str) -> Result<Option<ObservedResource>> {
@@ -228,15 +272,16 @@ impl Engine for PodmanEngine {
     async fn observe(&self, network: &str, volume: &str, containers: &[&str]) -> Result<Observed> {
         // One request per resource kind, all at once: observing is on the path
         // of every `up`, and a converged host should answer in milliseconds.
-        let (containers, network, volume, secrets) = tokio::try_join!(
+        let (containers, (network, other_subnets), volume, secrets) = tokio::try_join!(
             self.list_containers(containers),
-            self.network(network),
+            self.networks(network),
             self.volume(volume),
             self.secrets(),
         )?;
         Ok(Observed {
             config: None,
             network,
+            other_subnets,
             volume,
             secrets,
             containers: containers.into_iter().collect(),
@@ -263,11 +308,24 @@ impl Engine for PodmanEngine {
         )
     }
 
-    async fn create_network(&self, name: &str, labels: &Labels) -> Result<()> {
+    async fn create_network(&self, name: &str, labels: &Labels, spec: &NetworkSpec) -> Result<()> {
+        // netavark hands out dynamic leases only from the range and accepts a
+        // static address outside it, which keeps ours free. CNI's host-local
+        // IPAM refuses a static address outside the range ("failed to allocate
+        // all requested IPs"), so there the range is the whole subnet.
+        let lease_range = (self.network_backend().await? != "cni").then(|| models::LeaseRange {
+            start_ip: Some(spec.dynamic_range.0.to_string()),
+            end_ip: Some(spec.dynamic_range.1.to_string()),
+        });
         let opts = NetworkCreateOpts::builder()
             .name(name)
             .dns_enabled(true)
             .labels(labels.clone())
+            .subnets([models::Subnet {
+                subnet: Some(spec.subnet.to_string()),
+                gateway: Some(spec.gateway.to_string()),
+                lease_range,
+            }])
             .build();
         self.podman
             .networks()
@@ -317,18 +375,31 @@ impl Engine for PodmanEngine {
             .stop_timeout(spec.stop_timeout)
             // Never publish: not the image's EXPOSEd ports, not any port mapping.
             .publish_image_ports(false)
-            .portmappings(Vec::<models::PortMapping>::new())
-            .networks([(
+            .portmappings(Vec::<models::PortMapping>::new());
+        b = match &spec.network_of {
+            // Shares that container's network namespace and /etc/hosts.
+            Some(other) => b.net_namespace(models::Namespace {
+                nsmode: Some("container".to_string()),
+                value: Some(other.clone()),
+            }),
+            None => b.networks([(
                 spec.network.clone(),
                 models::PerNetworkOptions {
                     aliases: Some(spec.aliases.clone()),
                     interface_name: None,
-                    static_ips: None,
+                    static_ips: spec.addresses.first().map(|ip| vec![ip.to_string()]),
                     static_mac: None,
                 },
-            )]);
+            )]),
+        };
+        if !spec.hosts.is_empty() {
+            b = b.hosts_add(spec.hosts.clone());
+        }
         if !spec.command.is_empty() {
             b = b.command(&spec.command);
+        }
+        if let Some(entrypoint) = &spec.entrypoint {
+            b = b.entrypoint(entrypoint);
         }
         if let Some(user) = &spec.user {
             b = b.user(user);
@@ -426,23 +497,49 @@ impl Engine for PodmanEngine {
     }
 
     async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
-        match self.podman.containers().get(name).inspect().await {
-            Ok(c) => {
-                let status = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.status.clone())
-                    .unwrap_or_default();
-                let code = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.exit_code)
-                    .unwrap_or_default();
-                Ok(Some((status, i64::from(code))))
+        // Decoded by libpod_json, not podman-api's typed inspect, which cannot
+        // read Podman 5's shapes of fields the tool never uses.
+        let endpoint = format!("/v{API_VERSION}/libpod/containers/{name}/json");
+        match self.raw.get(&endpoint).await {
+            Ok(response) => {
+                let body = hyper::body::to_bytes(response.into_body())
+                    .await
+                    .map_err(|e| anyhow!("inspect container {name}: {e}"))?;
+                let state = super::libpod_json::container_state(&body)
+                    .with_context(|| format!("inspect container {name}"))?;
+                Ok(Some(state))
             }
+            Err(conn::Error::Fault { code, .. }) if code.as_u16() == 404 => Ok(None),
+            Err(e) => Err(anyhow!("inspect container {name}: {}", flatten(&e))),
+        }
+    }
+
+    async fn container_address(&self, name: &str, network: &str) -> Result<Option<Ipv4Addr>> {
+        match self.podman.containers().get(name).inspect().await {
+            Ok(c) => Ok(c
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(network))
+                .and_then(|n| n.ip_address)
+                .and_then(|ip| ip.parse().ok())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(fault(&format!("inspect container {name}"), e)),
         }
+    }
+
+    async fn wait_exited(&self, name: &str) -> Result<()> {
+        let opts = podman_api::opts::ContainerWaitOpts::builder()
+            .conditions([models::ContainerStatus::Exited])
+            // Podman polls the state at this interval (default 250 ms); a
+            // probe or job is done in tens of milliseconds.
+            .interval("20ms")
+            .build();
+        self.podman
+            .containers()
+            .get(name)
+            .wait(&opts)
+            .await
+            .map_err(|e| fault(&format!("wait for container {name}"), e))
     }
 
     async fn exec(

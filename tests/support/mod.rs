@@ -94,6 +94,12 @@ pub struct HostGuard {
     _guard: MutexGuard<'static, ()>,
 }
 
+/// A test lane with a Podman of its own (scripts/test-env.sh `evi_test_lane`)
+/// has its own lock file.
+fn lock_path() -> String {
+    std::env::var("EVI_TEST_LOCK").unwrap_or_else(|_| "/tmp/evi-host.lock".to_string())
+}
+
 pub fn host_lock() -> HostGuard {
     use std::os::fd::AsRawFd;
     static LOCK: Mutex<()> = Mutex::new(());
@@ -102,23 +108,37 @@ pub fn host_lock() -> HostGuard {
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/tmp/evi-host.lock")
-        .expect("open /tmp/evi-host.lock");
+        .open(lock_path())
+        .expect("open the host lock file");
     // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock /tmp/evi-host.lock failed");
+    assert_eq!(rc, 0, "flock {} failed", lock_path());
     HostGuard {
         _file: file,
         _guard: guard,
     }
 }
 
+/// The podman CLI on the same storage as the service under test: the host's
+/// `podman`, or, when `EVI_TEST_PODMAN_CLI` is set, that program instead (the
+/// Podman 5 lane sets it to a wrapper around the nested Podman's CLI, see
+/// `scripts/podman5-env.sh`), so the tests inspect the Podman the tool talks to.
+pub fn podman_program() -> String {
+    std::env::var("EVI_TEST_PODMAN_CLI")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "podman".to_string())
+}
+
+/// A `Command` for the podman CLI (see `podman_program`), for the tests that
+/// need stdin or a running child.
+pub fn podman_command() -> Command {
+    Command::new(podman_program())
+}
+
 /// Runs the podman CLI (same storage as the service) and returns its output.
 pub fn podman(args: &[&str]) -> Output {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .expect("run podman");
+    let out = podman_command().args(args).output().expect("run podman");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -147,6 +167,7 @@ pub fn reset_host() {
         "evi-state",
     ]);
     podman(&["network", "rm", "-f", "evi-net"]);
+    podman(&["network", "rm", "-f", "evi-test-overlap"]);
     podman(&["volume", "rm", "-f", "evi-state-data"]);
     let secrets = podman_ok(&["secret", "ls", "--format", "{{.Name}}"]);
     for name in secrets.lines().filter(|n| n.starts_with("evi-")) {
@@ -174,8 +195,13 @@ impl Site {
         // The clients idle, but stop at once on SIGTERM (a bare `sleep` as PID 1 ignores it).
         let idle = r#"[sh, -c, "trap 'exit 0' TERM; sleep infinity & wait"]"#;
         let yaml = format!(
-            "state_dir: {}\nservices:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: {idle} }}\n  evi-worker: {{ image: {image}, command: {idle} }}\n{extra_yaml}",
-            self.state_dir().display()
+            "state_dir: {}\n{}services:\n  evi-state: {{ image: {image} }}\n  evi-be: {{ image: {image}, command: {idle} }}\n  evi-worker: {{ image: {image}, command: {idle} }}\n{extra_yaml}",
+            self.state_dir().display(),
+            if extra_yaml.contains("network_subnet") {
+                String::new()
+            } else {
+                lane_subnet_yaml()
+            }
         );
         std::fs::write(self.settings(), yaml).unwrap();
     }
@@ -205,6 +231,27 @@ impl Site {
             "/run/secrets/evi-state-password",
         ])
     }
+}
+
+/// `network_subnet: ...` when the test lane has a subnet of its own (so that two
+/// lanes' evi-net bridges never route the same subnet), else nothing.
+pub fn lane_subnet_yaml() -> String {
+    std::env::var("EVI_TEST_SUBNET")
+        .map(|s| format!("network_subnet: {s}\n"))
+        .unwrap_or_default()
+}
+
+/// evi-state's fixed address: `.2` of the lane's subnet (the default one
+/// outside a lane of its own).
+pub fn state_address() -> String {
+    format!("{}.2", lane_prefix())
+}
+
+/// The first three octets of the lane's /24 (`10.90.213` by default).
+pub fn lane_prefix() -> String {
+    let subnet = std::env::var("EVI_TEST_SUBNET").unwrap_or_else(|_| "10.90.213.0/24".to_string());
+    let base = subnet.split('/').next().unwrap();
+    base.rsplit_once('.').unwrap().0.to_string()
 }
 
 /// Every file under `dir`, with its content, for before/after comparisons.
@@ -269,11 +316,16 @@ pub fn state_cli(command: &str) -> String {
         .to_string()
 }
 
-/// Runs `ask` until its answer is not a connection error, for at most 90 s.
-/// A freshly created container can wait for Podman 4.3's DNS (aardvark-dns
-/// 1.4) before `evi-state` resolves; that is Podman's delay, not an answer.
+/// How long a real client keeps retrying a failed connection before its
+/// caller sees an error: ioredis and redis-py reconnect within about a second.
+/// No test waits longer for evi-state to become reachable, because a client
+/// would not.
+pub const CLIENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `ask` until its answer is not a connection error, for at most
+/// `CLIENT_PATIENCE`.
 pub fn until_reachable(ask: impl Fn() -> Output) -> Output {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let deadline = std::time::Instant::now() + CLIENT_PATIENCE;
     loop {
         let out = ask();
         let text = out.all();
@@ -281,6 +333,6 @@ pub fn until_reachable(ask: impl Fn() -> Output) -> Output {
         if !unreachable || std::time::Instant::now() >= deadline {
             return out;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

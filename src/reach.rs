@@ -1,0 +1,298 @@
+//! Proof from the client's side that evi-state can be used.
+//!
+//! Checking what was created is not enough: on a host whose network has no
+//! DNS every resource can be in place while no client can find evi-state. So
+//! `up`, `rotate-secret` and `status` run a probe: a short-lived container set
+//! up as a client is (on evi-net with the hosts entry, or inside a client's own
+//! network namespace, which shares that client's `/etc/hosts`), given the same
+//! `VALKEY_URL` secret, which resolves the URL's host, connects and asks for
+//! PING with the URL's password. App images may have no shell, so the probe
+//! runs evi-state's image rather than exec'ing into a client.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+
+use crate::addressing::{probe_address, state_host_entry};
+use crate::desired::owned_labels;
+use crate::engine::Engine;
+use crate::model::*;
+use crate::secret::redact;
+use crate::settings::Settings;
+
+/// Reads `VALKEY_URL` as a client library would (`redis://[user]:PW@HOST:PORT`),
+/// then checks each layer in turn. The password goes to valkey-cli through its
+/// environment (`REDISCLI_AUTH`), never through arguments; what is printed is
+/// valkey-cli's answer, which never contains it. Exit codes name the layer.
+pub const PROBE_SCRIPT: &str = r#"set -u
+url=${VALKEY_URL:-}
+case "$url" in redis://*@*) ;; *) echo "VALKEY_URL is missing or not a redis:// URL with a password"; exit 13 ;; esac
+rest=${url#redis://}
+cred=${rest%@*}
+hostport=${rest##*@}
+hostport=${hostport%%/*}
+user=${cred%%:*}
+pass=${cred#*:}
+host=${hostport%%:*}
+port=6379
+case "$hostport" in *:*) port=${hostport##*:} ;; esac
+if command -v getent >/dev/null 2>&1 && ! getent hosts "$host" >/dev/null 2>&1; then
+  echo "$host does not resolve"
+  exit 10
+fi
+set -- -h "$host" -p "$port"
+if [ -n "$user" ]; then set -- "$@" --user "$user"; fi
+out=$(REDISCLI_AUTH="$pass" valkey-cli --no-auth-warning -e -t 2 "$@" ping 2>&1)
+echo "$out"
+case "$out" in
+  PONG) exit 0 ;;
+  *NOAUTH*|*WRONGPASS*|*"invalid password"*|*"invalid username-password"*) exit 12 ;;
+  *"Name or service not known"*|*"name resolution"*|*"No address associated"*) exit 10 ;;
+  *) exit 11 ;;
+esac
+"#;
+
+/// Where a client's attempt to use evi-state stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    NameResolution,
+    Connection,
+    Authentication,
+    Other,
+}
+
+impl Layer {
+    /// What to do about a failure at this layer.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Layer::NameResolution => {
+                "the client's /etc/hosts has no entry for evi-state: run `evi-install up` to re-create it"
+            }
+            Layer::Connection => {
+                "check that evi-state runs and the client is attached to the network (`podman inspect`), then run `evi-install up`"
+            }
+            Layer::Authentication => {
+                "the client's VALKEY_URL holds a password evi-state does not accept: run `evi-install rotate-secret` to finish any interrupted rotation"
+            }
+            Layer::Other => "see `evi-install status` and evi-state's log (`podman logs evi-state`)",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layer::NameResolution => "name resolution",
+            Layer::Connection => "connection",
+            Layer::Authentication => "authentication",
+            Layer::Other => "probe",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reach {
+    /// PONG with the URL's password.
+    Ok,
+    Failed {
+        layer: Layer,
+        detail: String,
+    },
+}
+
+impl Reach {
+    fn from_exit(code: i64, output: &str) -> Reach {
+        let layer = match code {
+            0 => return Reach::Ok,
+            10 => Layer::NameResolution,
+            11 => Layer::Connection,
+            12 => Layer::Authentication,
+            _ => Layer::Other,
+        };
+        let detail = redact(output.trim());
+        let detail = match detail.lines().last() {
+            Some(line) => line.to_string(),
+            None => format!("the probe exited with code {code}"),
+        };
+        Reach::Failed { layer, detail }
+    }
+}
+
+/// How the probe joins the network.
+pub enum Attach<'a> {
+    /// On the network at this fixed address, with these hosts entries: a
+    /// fresh client, as `up` and `rotate-secret` create them.
+    Network {
+        network: &'a str,
+        address: Ipv4Addr,
+        hosts: Vec<String>,
+    },
+    /// Inside this running client's network namespace: what it sees.
+    Namespace(&'a str),
+}
+
+/// A probe container using `url_secret` as `VALKEY_URL`.
+pub fn probe_spec(name: &str, image: &str, url_secret: &str, attach: Attach) -> ContainerSpec {
+    let mut labels = owned_labels();
+    labels.insert("io.evi-install.role".into(), "probe".into());
+    let (network, addresses, hosts, network_of) = match attach {
+        Attach::Network {
+            network,
+            address,
+            hosts,
+        } => (network.to_string(), vec![address], hosts, None),
+        Attach::Namespace(client) => (String::new(), vec![], vec![], Some(client.to_string())),
+    };
+    ContainerSpec {
+        name: name.to_string(),
+        image: image.to_string(),
+        command: vec!["sh".into(), "-c".into(), PROBE_SCRIPT.into()],
+        entrypoint: Some(vec![]),
+        user: None,
+        mounts: vec![],
+        secrets: vec![SecretUse::Env {
+            secret: url_secret.to_string(),
+            var: URL_ENV.to_string(),
+        }],
+        network,
+        aliases: vec![],
+        addresses,
+        hosts,
+        network_of,
+        restart: "no".into(),
+        stop_timeout: 1,
+        config_hash: None,
+        secret_version: None,
+        labels,
+    }
+}
+
+/// Runs a container to its end, bounded by `timeout`, and removes it:
+/// its exit code and its output.
+pub async fn run_once<E: Engine>(
+    engine: &E,
+    spec: &ContainerSpec,
+    timeout: Duration,
+) -> Result<(i64, String)> {
+    engine.remove_container(&spec.name, 1).await?;
+    engine.create_container(spec).await?;
+    let result = async {
+        engine.start_container(&spec.name).await?;
+        tokio::time::timeout(timeout, engine.wait_exited(&spec.name))
+            .await
+            .map_err(|_| anyhow!("{} did not finish within {}s", spec.name, timeout.as_secs()))??;
+        let code = match engine.container_state(&spec.name).await? {
+            Some((_, code)) => code,
+            None => return Err(anyhow!("{} disappeared while it ran", spec.name)),
+        };
+        let logs = engine.logs(&spec.name, 20).await.unwrap_or_default();
+        Ok((code, logs))
+    }
+    .await;
+    engine.remove_container(&spec.name, 1).await?;
+    result
+}
+
+/// How long a probe may take: connection set-up is bounded inside by
+/// valkey-cli's own 2 s timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn probe<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<Reach> {
+    let (code, output) = run_once(engine, spec, PROBE_TIMEOUT).await?;
+    Ok(Reach::from_exit(code, &output))
+}
+
+/// The probe `up` and `rotate-secret` end on: a new client on evi-net, with
+/// the hosts entry and the `VALKEY_URL` of password generation `version`.
+pub fn fresh_client_probe(settings: &Settings, version: SecretVersion) -> ContainerSpec {
+    let subnet = settings.network_subnet;
+    probe_spec(
+        PROBE_CONTAINER,
+        &settings.services.evi_state.image,
+        &version.url_name(),
+        Attach::Network {
+            network: &settings.network,
+            address: probe_address(subnet),
+            hosts: vec![state_host_entry(subnet)],
+        },
+    )
+}
+
+/// Fails unless a new client with generation `version`'s URL gets PONG.
+pub async fn require_reach<E: Engine>(
+    engine: &E,
+    settings: &Settings,
+    version: SecretVersion,
+) -> Result<()> {
+    match probe(engine, &fresh_client_probe(settings, version)).await? {
+        Reach::Ok => Ok(()),
+        Reach::Failed { layer, detail } => Err(anyhow!(
+            "a client on {} cannot use evi-state: {layer} failed ({detail}); {}",
+            settings.network,
+            layer.fix()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_name_the_layer() {
+        assert_eq!(Reach::from_exit(0, "PONG\n"), Reach::Ok);
+        assert_eq!(
+            Reach::from_exit(10, "evi-state does not resolve\n"),
+            Reach::Failed {
+                layer: Layer::NameResolution,
+                detail: "evi-state does not resolve".into()
+            }
+        );
+        assert_eq!(
+            Reach::from_exit(
+                11,
+                "Could not connect to Valkey at evi-state:6379: Network is unreachable\n"
+            ),
+            Reach::Failed {
+                layer: Layer::Connection,
+                detail: "Could not connect to Valkey at evi-state:6379: Network is unreachable"
+                    .into()
+            }
+        );
+        assert!(matches!(
+            Reach::from_exit(12, "AUTH failed: WRONGPASS invalid username-password pair"),
+            Reach::Failed {
+                layer: Layer::Authentication,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Reach::from_exit(137, ""),
+            Reach::Failed { layer: Layer::Other, detail } if detail == "the probe exited with code 137"
+        ));
+    }
+
+    #[test]
+    fn the_probe_expands_the_password_only_in_builtins_and_the_environment() {
+        let uses: Vec<&str> = PROBE_SCRIPT
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("pass=") || l.contains("$pass") || l.contains("url"))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                "url=${VALKEY_URL:-}",
+                "case \"$url\" in redis://*@*) ;; *) echo \"VALKEY_URL is missing or not a redis:// URL with a password\"; exit 13 ;; esac",
+                "rest=${url#redis://}",
+                "pass=${cred#*:}",
+                "out=$(REDISCLI_AUTH=\"$pass\" valkey-cli --no-auth-warning -e -t 2 \"$@\" ping 2>&1)",
+            ]
+        );
+    }
+}
