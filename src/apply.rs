@@ -294,6 +294,10 @@ impl Poll {
         Instant::now() >= self.deadline
     }
 
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 3 / 2).min(Duration::from_millis(250));
@@ -382,13 +386,14 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
             None => bail!("evi-state disappeared while starting"),
             _ => {}
         }
-        match engine
-            .exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[])
-            .await
-        {
-            Ok(out) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
-            Ok(out) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
-            Err(e) => last = format!("{e:#}"),
+        // Bounded by what is left of the wait: a hung exec cannot outlast it.
+        let limit = poll.remaining().max(Duration::from_secs(1));
+        let ping = engine.exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[]);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(out)) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
+            Ok(Ok(out)) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = format!("none within {:.1}s", limit.as_secs_f64()),
         }
         if poll.expired() {
             let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();

@@ -307,18 +307,24 @@ pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
 }
 
 /// Everything Podman shows about our resources (ids, states, labels), for
-/// proving that a command changed nothing.
+/// proving that a command changed nothing. Only names starting with `evi-`
+/// count: other users of the host's Podman come and go meanwhile.
 pub fn snapshot_podman() -> String {
     let mut out = String::new();
     for args in [
         // `{{.State}}` reads "Up 2 seconds ago" on Podman 4.3: list the running ones instead.
         &["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Labels}}"][..],
-        &["ps", "--format", "running: {{.ID}}"],
+        &["ps", "--format", "running: {{.ID}} {{.Names}}"],
         &["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Labels}}"],
         &["volume", "ls", "--format", "{{.Name}} {{.Labels}}"],
         &["secret", "ls", "--format", "{{.ID}} {{.Name}}"],
     ] {
-        let mut lines: Vec<String> = podman_ok(args).lines().map(str::to_string).collect();
+        let ours = |line: &str| line.split_whitespace().any(|w| w.starts_with("evi-"));
+        let mut lines: Vec<String> = podman_ok(args)
+            .lines()
+            .filter(|l| ours(l))
+            .map(str::to_string)
+            .collect();
         lines.sort();
         out.push_str(&lines.join("\n"));
         out.push('\n');
