@@ -35,11 +35,13 @@ fn info_field(section: &str, key: &str) -> u64 {
         .unwrap()
 }
 
-/// Runs a Lua loop inside evi-state (authenticated from the mounted secret) and
-/// returns what valkey-cli printed, errors included.
-fn eval(script: &str) -> Output {
+/// Runs a Lua loop inside evi-state (authenticated from the mounted secret),
+/// with `batch` as ARGV[1], and returns what valkey-cli printed, errors
+/// included. (Scripts get the same `math.random` sequence every time: keys
+/// are made unique by the batch number instead.)
+fn eval(script: &str, batch: u32) -> Output {
     let cmd = format!(
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning eval \"{script}\" 0"
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning eval \"{script}\" 0 {batch}"
     );
     podman(&["exec", "evi-state", "sh", "-c", &cmd])
 }
@@ -74,9 +76,10 @@ fn under_memory_pressure_ttl_keys_go_stream_entries_stay_and_writes_fail_with_oo
     let mut batches = 0;
     while info_field("stats", "evicted_keys") == 0 {
         let out = eval(
-            "for i=1,4000 do local k=tostring(math.random(1,1e9)); \
+            "for i=1,4000 do local k=ARGV[1]..':'..i; \
              redis.call('SET','cache:db:user:'..k, string.rep('x',1000), 'EX', 600); \
              redis.call('SET','op:ratelimit:'..k, string.rep('y',200), 'EX', 60) end return 1",
+            batches,
         );
         assert_eq!(out.code, 0, "{}", out.all());
         assert!(
@@ -105,7 +108,8 @@ fn under_memory_pressure_ttl_keys_go_stream_entries_stay_and_writes_fail_with_oo
     let mut accepted = 0;
     let refused = loop {
         let out = eval(
-            "for i=1,500 do redis.call('SET','plain:'..tostring(math.random(1,1e12)), string.rep('z',1000)) end return 1",
+            "for i=1,500 do redis.call('SET','plain:'..ARGV[1]..':'..i, string.rep('z',1000)) end return 1",
+            accepted / 500,
         );
         if out.all().contains("OOM") {
             break out;
