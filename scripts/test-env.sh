@@ -177,12 +177,21 @@ evi_start_service() {
     # sun_path is 108 bytes; a deep checkout would otherwise fail with an obscure bind error.
     ((${#sock} < 100)) || evi_die "socket path too long for a unix socket (${#sock} bytes): $sock; set EVI_TEST_DIR to a shorter directory"
 
+    # The configuration a service runs with: one started with another (an older
+    # containers.conf, another storage) must not be reused, or the service and the
+    # podman CLI of the tests would each see a different host.
+    local conf_hash
+    conf_hash="$(cat "$CONTAINERS_CONF" "${CONTAINERS_STORAGE_CONF:-/dev/null}" | sha256sum | cut -c1-16)"
     if [[ -f "$pidfile" ]]; then
         pid="$(<"$pidfile")"
         if evi_service_alive "$pid" && evi_ping; then
-            evi_log "reusing running podman service (pid $pid) on $sock"
-            EVI_TEST_PODMAN_PID="$pid"
-            return 0
+            if [[ "$(cat "$pidfile.conf" 2>/dev/null)" == "$conf_hash" ]]; then
+                evi_log "reusing running podman service (pid $pid) on $sock"
+                EVI_TEST_PODMAN_PID="$pid"
+                return 0
+            fi
+            evi_log "the running podman service (pid $pid) has another configuration; restarting it"
+            EVI_TEST_PODMAN_PID="$pid" EVI_TEST_PODMAN_STARTED=1 evi_test_env_stop
         fi
         rm -f "$pidfile"
     fi
@@ -195,6 +204,7 @@ evi_start_service() {
     nohup podman system service --time=0 "unix://$sock" >"$log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$pidfile"
+    echo "$conf_hash" >"$pidfile.conf"
     export EVI_TEST_PODMAN_PID="$pid"
     EVI_TEST_PODMAN_STARTED=1
 
