@@ -245,3 +245,27 @@ fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
 }
+
+/// With stderr closed, a failing run still exits 1 (printing the error must
+/// not panic into exit code 101).
+#[test]
+fn an_error_with_stderr_gone_still_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("evi.yaml"),
+        "services: { evi-be: { image: app } }\n",
+    )
+    .unwrap();
+    let url = format!("unix://{}", dir.path().join("nothing.sock").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
+        .current_dir(dir.path())
+        .args(["--podman-url", &url, "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("up")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
