@@ -447,7 +447,7 @@ _evi_build_valkey_image_locked() {
 evi_test_lane() {
     # $2, optional: a private lane of that name with backend $1 (its own storage, lock and
     # subnet), for a developer's run beside others on the same machine.
-    local key="${2:-$1}" octet
+    local key="${2:-$1}" subnet hash
     EVI_TEST_NETWORK_BACKEND="$1"
     if [[ "$key" == netavark ]]; then
         EVI_TEST_DIR="$EVI_REPO/target/e2e"
@@ -462,9 +462,11 @@ graphroot = "/var/lib/containers/storage-evi-$key"
 runroot = "/run/containers/storage-evi-$key"
 EOF
         if [[ "$key" == cni ]]; then
-            octet=223
+            subnet=10.90.223.0/24
         else
-            octet=$((230 + $(printf '%s' "$key" | cksum | cut -d' ' -f1) % 20))
+            # Two octets from the name's checksum: lanes of different names do not share.
+            hash=$(printf '%s' "$key" | cksum | cut -d' ' -f1)
+            subnet="10.$((100 + hash % 100)).$((hash / 100 % 250)).0/24"
         fi
         export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
         export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
@@ -473,7 +475,7 @@ EOF
         # be the same network as every other Podman's on the machine.
         export EVI_TEST_NETWORK_CONFIG_DIR="$EVI_TEST_DIR/networks"
         mkdir -p "$EVI_TEST_NETWORK_CONFIG_DIR"
-        export EVI_TEST_SUBNET="10.90.$octet.0/24"
+        export EVI_TEST_SUBNET="$subnet"
         export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
     fi
     export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR

@@ -239,6 +239,9 @@ pub struct Observed {
     pub network: Option<ObservedNetwork>,
     /// Subnets in use on the host besides evi-net's: other Podman networks
     /// and host routes, each with a description (`Podman network podman`).
+    /// Not part of a saved plan's host fingerprint: a route that comes and
+    /// goes elsewhere does not change what the plan does.
+    #[serde(skip)]
     pub other_subnets: Vec<(String, Ipv4Net)>,
     pub volume: Option<ObservedResource>,
     /// Secrets whose names evi-install uses (`evi-state-password-v*`, `evi-valkey-url-v*`).

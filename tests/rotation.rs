@@ -120,7 +120,7 @@ fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
     let dry = site.evi().args(["rotate-secret", "--dry-run"]).run();
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(
-        dry.stdout.contains("6. remove the old secrets"),
+        dry.stdout.contains("5. remove the old secrets"),
         "{}",
         dry.stdout
     );
@@ -379,7 +379,7 @@ fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
     assert_eq!(code, 143, "{stdout}{stderr}");
     assert!(
         stderr.contains("interrupted by SIGTERM")
-            && stderr.contains("not done: make the running evi-state"),
+            && stderr.contains("not done: re-create evi-state accepting the new password"),
         "{stderr}"
     );
     let again = site.evi().args(["rotate-secret"]).run();
