@@ -23,6 +23,7 @@ Removes every resource it made on the way out.
 import argparse
 import calendar
 import collections
+import ipaddress
 import json
 import os
 import re
@@ -43,6 +44,7 @@ OTHERS = ["evi-state", "evi-rotate"]  # evi-rotate: rotate-secret's job containe
 CONTAINERS = CLIENTS + OTHERS
 NETWORK = "evi-net"
 MANAGED_LABEL = "io.evi-install.managed=true"
+DEFAULT_SUBNET = "10.90.213.0/24"  # evi-install's default network_subnet
 VOLUME = "evi-state-data"
 CONF_IN_CONTAINER = "/usr/local/etc/valkey/valkey.conf"
 # The clients idle but stop at once on SIGTERM (a bare `sleep` as PID 1 ignores it).
@@ -112,7 +114,24 @@ def new_password():
     return "".join(secrets.choice(alphabet) for _ in range(48))
 
 
-def reset_host(state_dir):
+def remove_stale_bridges(subnet):
+    """Deletes every bridge that holds an address in evi-net's subnet but has no port.
+    A run that was killed can leave its evi-net's bridge behind (netavark removes it with
+    the network's last container), and `up` then refuses the subnet because of its route.
+    A bridge without ports carries no traffic, so deleting it harms nobody."""
+    net = ipaddress.ip_network(subnet)
+    for line in run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines():
+        fields = line.split()
+        dev, addr = fields[1], fields[3]
+        if ipaddress.ip_interface(addr).ip not in net:
+            continue
+        if run(["ip", "-o", "link", "show", "master", dev]).stdout.strip():
+            continue  # in use: `up` will say whose route it is
+        log(f"removing stale bridge {dev} (holds {addr} of {subnet}, no port)")
+        run(["ip", "link", "delete", dev])
+
+
+def reset_host(state_dir, subnet):
     """Removes every evi resource (containers, network, volume, secrets, state dir) from
     the Podman the `podman` CLI talks to (the lane's, through CONTAINERS_CONF and
     CONTAINERS_STORAGE_CONF): whatever evi-install labelled as its own (the clients'
@@ -127,6 +146,7 @@ def reset_host(state_dir):
         run(["podman", "rm", "--force", "--ignore", "--time", "0", *names])
     if run(["podman", "network", "exists", NETWORK], check=False).returncode == 0:
         run(["podman", "network", "rm", "--force", NETWORK])
+    remove_stale_bridges(subnet)
     if run(["podman", "volume", "exists", VOLUME], check=False).returncode == 0:
         run(["podman", "volume", "rm", "--force", VOLUME])
     names = run(["podman", "secret", "ls", "--format", "{{.Name}}"]).stdout.split()
@@ -177,7 +197,7 @@ class Bench:
         self.samples.setdefault(key, []).append(value)
 
     def reset(self):
-        reset_host(self.state_dir)
+        reset_host(self.state_dir, self.args.subnet)
 
     def wait_pong(self):
         """Polls an authenticated PING from evi-be until PONG; returns the attempts."""
@@ -738,7 +758,7 @@ class ClientBench:
 
     def setup(self):
         image, clients = self.args.image, self.args.client_image
-        subnet = f"network_subnet: {self.args.subnet}\n" if self.args.subnet else ""
+        subnet = f"network_subnet: {self.args.subnet}\n"
         self.settings.write_text(
             f"state_dir: {self.state_dir}\n"
             f"{subnet}"
@@ -750,7 +770,7 @@ class ClientBench:
 
     def one_run(self):
         """One run; returns its figures (see bench/README.md for what each means)."""
-        reset_host(self.state_dir)
+        reset_host(self.state_dir, self.args.subnet)
         notes = []
         run(self.evi("up"), env=self.evi_env)
         before = {name: self.cid(name) for name in CLIENTS}
@@ -901,14 +921,14 @@ class ClientBench:
                 f"rotate-secret {r['rotate_s']:.2f}s")
             # Written after every run: an interrupted benchmark keeps what it measured.
             self.args.clients_out.write_text(json.dumps(result, indent=1) + "\n")
-        reset_host(self.state_dir)
+        reset_host(self.state_dir, self.args.subnet)
         log(f"clients ({self.args.lane}): measured in {time.perf_counter() - started:.0f}s")
 
     def cleanup(self):
         try:
             for f in list(getattr(self, "followers", {}).values()):
                 f.stop()
-            reset_host(self.state_dir)
+            reset_host(self.state_dir, self.args.subnet)
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -1036,7 +1056,8 @@ def main():
                     help="runs of the real clients through rotate-secret on this lane")
     ap.add_argument("--clients-out", type=Path, help="where the client runs' JSON goes")
     ap.add_argument("--lane", default="netavark + aardvark-dns", help="this setup's name")
-    ap.add_argument("--subnet", help="evi-net's subnet for this lane (network_subnet)")
+    ap.add_argument("--subnet", help="evi-net's subnet for this lane (network_subnet); "
+                    "default: evi-install's own default, 10.90.213.0/24")
     ap.add_argument("--report", type=Path, nargs="+",
                     help="only print the client-gap table from these JSON files")
     ap.add_argument("--bin")
@@ -1046,6 +1067,7 @@ def main():
     ap.add_argument("--image", default=os.environ.get("EVI_TEST_VALKEY_IMAGE"))
     ap.add_argument("--client-image", default=os.environ.get("EVI_TEST_CLIENT_IMAGE"))
     args = ap.parse_args()
+    args.subnet = args.subnet or DEFAULT_SUBNET
     if args.report:
         print_clients_report(args.report)
         return
