@@ -144,8 +144,13 @@ def reset_host(state_dir, subnet):
     # Podman refuses to remove a container that others depend on.
     for names in (CLIENTS, OTHERS):
         run(["podman", "rm", "--force", "--ignore", "--time", "0", *names])
-    if run(["podman", "network", "exists", NETWORK], check=False).returncode == 0:
-        run(["podman", "network", "rm", "--force", NETWORK])
+    if run(["podman", "network", "exists", NETWORK], check=False).returncode != 0:
+        # Podman keeps evi-net's address leases in a host-wide database, by network name;
+        # a container killed without its network teardown leaves its lease there (then a
+        # new evi-state's fixed address is "already allocated"). Creating and removing the
+        # network drops them.
+        run(["podman", "network", "create", NETWORK])
+    run(["podman", "network", "rm", "--force", NETWORK])
     remove_stale_bridges(subnet)
     if run(["podman", "volume", "exists", VOLUME], check=False).returncode == 0:
         run(["podman", "volume", "rm", "--force", VOLUME])
