@@ -144,13 +144,8 @@ def reset_host(state_dir, subnet):
     # Podman refuses to remove a container that others depend on.
     for names in (CLIENTS, OTHERS):
         run(["podman", "rm", "--force", "--ignore", "--time", "0", *names])
-    if run(["podman", "network", "exists", NETWORK], check=False).returncode != 0:
-        # Podman keeps evi-net's address leases in a host-wide database, by network name;
-        # a container killed without its network teardown leaves its lease there (then a
-        # new evi-state's fixed address is "already allocated"). Creating and removing the
-        # network drops them.
-        run(["podman", "network", "create", NETWORK])
-    run(["podman", "network", "rm", "--force", NETWORK])
+    if run(["podman", "network", "exists", NETWORK], check=False).returncode == 0:
+        run(["podman", "network", "rm", "--force", NETWORK])
     remove_stale_bridges(subnet)
     if run(["podman", "volume", "exists", VOLUME], check=False).returncode == 0:
         run(["podman", "volume", "rm", "--force", VOLUME])
@@ -259,6 +254,7 @@ class Bench:
         image = self.args.image
         self.settings.write_text(
             f"state_dir: {self.state_dir}\n"
+            f"network_subnet: {self.args.subnet}\n"
             "services:\n"
             f"  evi-state: {{ image: {image} }}\n"
             f'  evi-be: {{ image: {image}, command: [sh, -c, "{CLIENT_SCRIPT}"] }}\n'
@@ -1061,8 +1057,8 @@ def main():
                     help="runs of the real clients through rotate-secret on this lane")
     ap.add_argument("--clients-out", type=Path, help="where the client runs' JSON goes")
     ap.add_argument("--lane", default="netavark + aardvark-dns", help="this setup's name")
-    ap.add_argument("--subnet", help="evi-net's subnet for this lane (network_subnet); "
-                    "default: evi-install's own default, 10.90.213.0/24")
+    ap.add_argument("--subnet", help="evi-net's subnet for this lane (network_subnet) when "
+                    "evi-install makes it; default: evi-install's own, 10.90.213.0/24")
     ap.add_argument("--report", type=Path, nargs="+",
                     help="only print the client-gap table from these JSON files")
     ap.add_argument("--bin")

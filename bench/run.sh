@@ -28,6 +28,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PODMAN_COMPOSE_VERSION=1.6.0
 VENV=bench/.venv
 HOST_LOCK=/tmp/evi-host.lock
+# evi-net's subnet on the netavark lane: not evi-install's default (10.90.213.0/24, which
+# the end-to-end tests use) but one of the benchmark's own. Every Podman on a host shares
+# netavark's address-lease database, keyed by network name, and a container killed by
+# another run can leave a lease of evi-state's fixed address there (seen here: "requested
+# ip address 10.90.213.2 is already allocated" to a container no storage has). The
+# subnet changes nothing that is measured.
+NETAVARK_SUBNET=10.90.203.0/24
 
 usage() {
     sed -n '5,11p' "$0" | sed 's/^# \{0,1\}//'
@@ -158,6 +165,7 @@ locked "$HOST_LOCK" "$python" bench/bench.py \
     --runs "$runs" \
     --clients-runs "$clients_runs" \
     --lane "netavark + aardvark-dns" \
+    --subnet "$NETAVARK_SUBNET" \
     --clients-out "$out/netavark.json" \
     --bin "$bin" \
     --podman-compose "$(pwd)/$VENV/bin/podman-compose" \
