@@ -227,6 +227,8 @@ class Bench:
             ["podman", "inspect", "evi-state", "--format",
              "evi-state IP: {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"],
             ["podman", "exec", "evi-be", "timeout", "3", "getent", "hosts", "evi-state"],
+            ["podman", "exec", "evi-be", "cat", "/etc/hosts"],
+            ["podman", "inspect", "evi-be", "--format", "{{.Id}} {{.Created}} {{.HostConfig.ExtraHosts}}"],
             ["podman", "exec", "evi-be", "sh", "-c", f"timeout 3 sh -c '{CLIENT_PING}'"],
         ):
             try:
@@ -265,7 +267,10 @@ class Bench:
         # valkey.conf that the CLI floor and the compose stack then use.
         log("warm-up: evi-install up (untimed)")
         run(self.evi("up"), env=self.evi_env)
-        self.wait_pong()
+        try:
+            self.wait_pong()
+        except BenchError as e:
+            raise BenchError(f"warm-up: {e}\n{self.diagnose()}") from None
         self.state_cmd = self.state_cmd_now()
         if self.state_cmd[:2] != ["sh", "-c"] or len(self.state_cmd) != 3:
             raise BenchError(f"unexpected evi-state command: {self.state_cmd}")
@@ -942,7 +947,8 @@ def scrub(text):
 
 def print_clients_report(paths):
     """The client-gap table, one column per setup, from the JSON files of the lanes."""
-    lanes = [json.loads(Path(p).read_text()) for p in paths]
+    # A lane whose runs failed before the first one ended wrote no file.
+    lanes = [json.loads(Path(p).read_text()) for p in paths if Path(p).exists()]
     lanes = [lane for lane in lanes if lane["runs"]]
     if not lanes:
         print("No client-gap runs.")
@@ -1088,7 +1094,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    # The stack rows first (their table goes to stdout), then the real clients.
+    # The stack rows first (their table goes to stdout), then the real clients; a failure
+    # of one does not stop the other (the exit status says it failed).
     benches = []
     if args.runs:
         benches.append(Bench(args))
@@ -1100,7 +1107,7 @@ def main():
             bench.main()
         except BenchError as e:
             print(f"[bench] ERROR: {e}", file=sys.stderr)
-            code = 1
+            code = code or 1
         except KeyboardInterrupt:
             code = 130
         finally:
@@ -1109,7 +1116,7 @@ def main():
             except Exception as e:  # noqa: BLE001 - report, and fail the run
                 print(f"[bench] ERROR: clean-up failed: {e}", file=sys.stderr)
                 code = code or 1
-        if code:
+        if code == 130:
             break
     sys.exit(code)
 

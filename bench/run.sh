@@ -160,6 +160,8 @@ python="$(pwd)/$VENV/bin/python"
 # Lane 1, netavark + aardvark-dns (the default Podman): the stack rows (the CLI floor and
 # compose rely on Podman's DNS, so they run only here), then the real clients. The
 # measuring part only, under the lane's lock (never the build above).
+# A failed lane does not stop the other one; the exit status says it failed.
+status=0
 bench_log "netavark lane: stack rows ($runs runs) and real clients ($clients_runs runs)"
 locked "$HOST_LOCK" "$python" bench/bench.py \
     --runs "$runs" \
@@ -173,7 +175,7 @@ locked "$HOST_LOCK" "$python" bench/bench.py \
     --podman-url "$EVI_TEST_PODMAN_URL" \
     --image "$EVI_TEST_VALKEY_IMAGE" \
     --client-image "$EVI_TEST_CLIENT_IMAGE" \
-    >"$out/stack.md"
+    >"$out/stack.md" || status=$?
 evi_test_env_stop
 
 # Lane 2, CNI without DNS: a Podman of its own (storage, subnet, lock), the real clients.
@@ -191,14 +193,19 @@ if ((clients_runs > 0)); then
         --bin "$bin" \
         --podman-url "$EVI_TEST_PODMAN_URL" \
         --image "$EVI_TEST_VALKEY_IMAGE" \
-        --client-image "$EVI_TEST_CLIENT_IMAGE"
+        --client-image "$EVI_TEST_CLIENT_IMAGE" || status=$?
     evi_test_env_stop
     reports+=("$out/cni.json")
 fi
 
-# Both tables, as one report.
+# Both tables, as one report (what was measured, if a lane failed).
 cat "$out/stack.md"
+: >"$out/stack.md" # printed: the EXIT trap need not show it again
 if ((clients_runs > 0)); then
     echo
     "$python" bench/bench.py --report "${reports[@]}"
+fi
+if ((status != 0)); then
+    bench_log "a lane failed (exit $status); see the errors above"
+    exit "$status"
 fi
