@@ -200,7 +200,14 @@ class Bench:
         reset_host(self.state_dir, self.args.subnet)
 
     def wait_pong(self):
-        """Polls an authenticated PING from evi-be until PONG; returns the attempts."""
+        """Polls an authenticated PING from evi-be until PONG; returns the attempts. A
+        failure shows what the host looks like (diagnose)."""
+        try:
+            return self.poll_pong()
+        except BenchError as e:
+            raise BenchError(f"{e}\n{self.diagnose()}") from None
+
+    def poll_pong(self):
         deadline = time.perf_counter() + READY_TIMEOUT
         attempts = 0
         while True:
@@ -267,10 +274,7 @@ class Bench:
         # valkey.conf that the CLI floor and the compose stack then use.
         log("warm-up: evi-install up (untimed)")
         run(self.evi("up"), env=self.evi_env)
-        try:
-            self.wait_pong()
-        except BenchError as e:
-            raise BenchError(f"warm-up: {e}\n{self.diagnose()}") from None
+        self.wait_pong()
         self.state_cmd = self.state_cmd_now()
         if self.state_cmd[:2] != ["sh", "-c"] or len(self.state_cmd) != 3:
             raise BenchError(f"unexpected evi-state command: {self.state_cmd}")
@@ -318,10 +322,7 @@ class Bench:
         run(self.evi("rotate-secret"), env=self.evi_env)
         self.add("rotate", time.perf_counter() - t0)
         # The stack still answers (with the new password) and is converged.
-        try:
-            attempts = self.wait_pong()
-        except BenchError as e:
-            raise BenchError(f"after rotate-secret: {e}\n{self.diagnose()}") from None
+        attempts = self.wait_pong()
         self.note_attempts("after rotate-secret", attempts)
         run(self.evi("up", "--dry-run", "--detailed-exitcode"), env=self.evi_env)
 
