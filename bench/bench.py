@@ -1097,13 +1097,15 @@ def main():
 
     # The stack rows first (their table goes to stdout), then the real clients; a failure
     # of one does not stop the other (the exit status says it failed).
-    benches = []
+    # Made one at a time: each makes a temporary directory that only its cleanup removes.
+    kinds = []
     if args.runs:
-        benches.append(Bench(args))
+        kinds.append(Bench)
     if args.clients_runs:
-        benches.append(ClientBench(args))
+        kinds.append(ClientBench)
     code = 0
-    for bench in benches:
+    for kind in kinds:
+        bench = kind(args)
         try:
             bench.main()
         except BenchError as e:
