@@ -283,6 +283,9 @@ class Bench:
         self.reset()
         self.compose_env = dict(os.environ)
         self.compose_env.update(
+            EVI_BENCH_SUBNET=self.args.subnet,
+            EVI_BENCH_STATE_IP=str(self.state_ip()),
+            EVI_BENCH_STATE_MAC=self.state_mac(),
             EVI_BENCH_IMAGE=image,
             EVI_BENCH_CONF=str(self.conf),
             EVI_BENCH_PASSWORD_FILE=str(self.tmp / "compose-password"),
@@ -326,6 +329,14 @@ class Bench:
         self.note_attempts("after rotate-secret", attempts)
         run(self.evi("up", "--dry-run", "--detailed-exitcode"), env=self.evi_env)
 
+    def state_ip(self):
+        """evi-state's fixed address, as evi-install gives it: .2 of the subnet."""
+        return ipaddress.ip_network(self.args.subnet).network_address + 2
+
+    def state_mac(self):
+        """The MAC evi-install pins to that address (src/addressing.rs mac_for)."""
+        return "0a:e1:" + ":".join(f"{b:02x}" for b in self.state_ip().packed)
+
     def floor_round(self, first):
         self.reset()
         pw = new_password()
@@ -335,7 +346,9 @@ class Bench:
         url = f"redis://:{pw}@evi-state:6379"
         image = self.args.image
         t0 = time.perf_counter()
-        run(["podman", "network", "create", NETWORK])
+        # As evi-install does, so that clients need no DNS: a fixed subnet, evi-state
+        # at a fixed address and MAC, and a hosts entry in each client.
+        run(["podman", "network", "create", "--subnet", self.args.subnet, NETWORK])
         run(["podman", "secret", "create", "evi-state-password-v1", str(pw_file)])
         run(["podman", "secret", "create", "evi-valkey-url-v1", "-"], input=url)
         run(["podman", "volume", "create", VOLUME])
@@ -343,6 +356,7 @@ class Bench:
             "podman", "run", "-d", "--name", "evi-state",
             "--user", "valkey",
             "--network", NETWORK, "--network-alias", "evi-state",
+            "--ip", str(self.state_ip()), "--mac-address", self.state_mac(),
             "--restart", "always",
             "-v", f"{self.conf}:{CONF_IN_CONTAINER}:ro",
             "-v", f"{VOLUME}:/data",
@@ -363,6 +377,7 @@ class Bench:
             run([
                 "podman", "run", "-d", "--name", name,
                 "--network", NETWORK, "--network-alias", name,
+                "--add-host", f"evi-state:{self.state_ip()}",
                 "--restart", "always",
                 "--secret", "evi-valkey-url-v1,type=env,target=VALKEY_URL",
                 image, "sh", "-c", CLIENT_SCRIPT,
