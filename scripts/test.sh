@@ -10,6 +10,8 @@
 #      --no-install-recommends podman`): container names do not resolve at all;
 #   3. Debian trixie's Podman 5.4, nested in a container of the host's Podman
 #      (scripts/podman5-env.sh). EVI_TEST_PODMAN5=0 leaves it out of a local run.
+# Then a reboot of a nested host with systemd (scripts/reboot-env.sh, tests/reboot.rs);
+# EVI_TEST_REBOOT=0 leaves it out of a local run.
 #
 # It sets up its own Podman REST services and images (scripts/test-env.sh) and stops them
 # again on exit, whatever happens, so nothing is left running after CI.
