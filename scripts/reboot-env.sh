@@ -167,8 +167,8 @@ evi_reboot_stop() {
     fi
 }
 
-# systemd's own verdict, from inside: `running` or `degraded` means it booted (degraded:
-# some unit failed; which one is printed). Anything else after the timeout fails the run.
+# systemd's own verdict, from inside: `running` means it booted. `degraded` (a unit failed)
+# fails the run at once, naming the unit; anything else after the timeout fails it too.
 evi_rb_wait_booted() {
     local deadline state
     deadline=$((SECONDS + EVI_RB_TIMEOUT))
@@ -181,9 +181,8 @@ evi_rb_wait_booted() {
         case "$state" in
             running) return 0 ;;
             degraded)
-                evi_rb_log "nested systemd is degraded; failed units:"
                 "$EVI_RB_DIR/exec" systemctl --failed --no-legend >&2 || true
-                return 0
+                evi_rb_die "the nested systemd booted degraded: a unit failed (listed above)"
                 ;;
         esac
         if ((SECONDS >= deadline)); then
