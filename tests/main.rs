@@ -8,6 +8,7 @@ mod catalogue;
 mod cli;
 mod clients;
 mod e2e;
+mod export;
 mod hardening;
 mod rotation;
 mod support;
