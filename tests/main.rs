@@ -10,5 +10,6 @@ mod clients;
 mod e2e;
 mod export;
 mod hardening;
+mod kube_play;
 mod rotation;
 mod support;
