@@ -326,6 +326,45 @@ fn kube_play_runs_the_export_and_keeps_the_data() {
         "stream:tasks:email lost entries: {before} before, {after} after"
     );
     eprintln!("kept across kube down + kube play: entry {id}, stream:tasks:email {before} -> {after} entries");
+
+    // The README's rotation by hand, steps 1 and 4: the ACL dual-password
+    // commands, fed to valkey-cli on its stdin as `printf` would.
+    let new = format!("Rotated{}", "x".repeat(41));
+    let valkey_cli = ["exec", "-i", STATE, "valkey-cli"];
+    let out = podman_stdin(
+        &valkey_cli,
+        &format!("AUTH {password}\nACL SETUSER default on >{new}\n"),
+    );
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["OK", "OK"],
+        "{}",
+        out.all()
+    );
+    for pw in [&password, &new] {
+        assert_eq!(
+            client_cli(Some(pw), "-e ping").stdout.trim(),
+            "PONG",
+            "both passwords work"
+        );
+    }
+    let out = podman_stdin(
+        &valkey_cli,
+        &format!("AUTH {new}\nACL SETUSER default resetpass >{new}\n"),
+    );
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["OK", "OK"],
+        "{}",
+        out.all()
+    );
+    assert!(
+        client_cli(Some(&password), "ping")
+            .all()
+            .contains("WRONGPASS"),
+        "the old password still works"
+    );
+    assert_eq!(client_cli(Some(&new), "-e ping").stdout.trim(), "PONG");
 }
 
 /// The Secret file and every manifest, as one YAML stream, in export order.
