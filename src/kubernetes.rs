@@ -149,7 +149,7 @@ pub fn manifests(settings: &Settings, conf: &str, opts: &Options) -> anyhow::Res
         data_claim(settings, opts),
         state_deployment(settings, conf, opts),
         state_service(opts),
-        state_network_policy(settings, opts),
+        state_network_policy(opts),
         client_deployment(BACKEND_CONTAINER, backend, opts),
     ];
     if let Some(worker) = &settings.services.evi_worker {
@@ -158,9 +158,14 @@ pub fn manifests(settings: &Settings, conf: &str, opts: &Options) -> anyhow::Res
     Ok(out)
 }
 
+/// The first line of the `--with-secret` file: not `HEADER`, so that an
+/// export into the same directory never takes it for one of its own files.
+pub const SECRET_HEADER: &str =
+    "# Written by `evi-install export kubernetes --with-secret`. It holds the password: apply it, then delete this file.";
+
 /// The Secret with a password: the one document that holds it (`--with-secret`).
 pub fn secret_manifest(password: &Password, opts: &Options) -> Manifest {
-    document(
+    let mut manifest = document(
         "v1",
         "Secret",
         SECRET_NAME,
@@ -173,7 +178,9 @@ pub fn secret_manifest(password: &Password, opts: &Options) -> Manifest {
                 SECRET_URL_KEY: password.valkey_url(STATE_CONTAINER),
             },
         }),
-    )
+    );
+    manifest.yaml = manifest.yaml.replacen(HEADER, SECRET_HEADER, 1);
+    manifest
 }
 
 fn config_map(conf: &str, opts: &Options) -> Manifest {
@@ -352,7 +359,7 @@ fn state_service(opts: &Options) -> Manifest {
 /// Only evi-be and evi-worker pods of the same namespace reach evi-state,
 /// and only on 6379: the cluster's evi-net. (evi-worker is allowed even when
 /// not exported, so adding it later needs no policy change.)
-fn state_network_policy(_settings: &Settings, opts: &Options) -> Manifest {
+fn state_network_policy(opts: &Options) -> Manifest {
     document(
         "networking.k8s.io/v1",
         "NetworkPolicy",
@@ -783,6 +790,7 @@ mod tests {
         let password = Password::generate().unwrap();
         let secret = secret_manifest(&password, &opts);
         assert!(secret.yaml.contains(password.expose()));
+        assert!(secret.yaml.starts_with(&format!("{SECRET_HEADER}\n")));
         assert!(ms.iter().all(|m| !m.yaml.contains(password.expose())));
         let doc = parsed(&secret);
         assert_eq!(

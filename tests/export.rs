@@ -183,7 +183,12 @@ fn export_to_a_directory() {
 #[test]
 fn a_second_export_removes_what_the_settings_dropped_and_nothing_else() {
     let dir = site(APPS);
-    assert_eq!(export(&dir, &["--out", "k8s"]).code, 0);
+    // The Secret file too may sit among the manifests; it is not an export's own file.
+    let out = export(
+        &dir,
+        &["--out", "k8s", "--with-secret", "k8s/00-secret.yaml"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let k8s = dir.path().join("k8s");
     fs::write(k8s.join("99-mine.yaml"), "apiVersion: v1\n").unwrap();
     fs::write(k8s.join("notes.txt"), "mine\n").unwrap();
@@ -203,6 +208,7 @@ fn a_second_export_removes_what_the_settings_dropped_and_nothing_else() {
     assert_eq!(
         names,
         [
+            "00-secret.yaml",
             "01-configmap-evi-state-config.yaml",
             "02-persistentvolumeclaim-evi-state-data.yaml",
             "03-deployment-evi-state.yaml",
@@ -353,6 +359,10 @@ fn bad_input_is_one_line_and_writes_nothing() {
         (
             "secret_file_exists",
             &["--out", "k8s", "--with-secret", "taken.yaml"],
+        ),
+        (
+            "secret_dir_missing",
+            &["--out", "k8s", "--with-secret", "nowhere/s.yaml"],
         ),
         (
             "valkey_user_not_numbers",

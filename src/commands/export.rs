@@ -28,7 +28,11 @@ fn kubernetes(settings: &Settings, args: &KubernetesArgs, ui: &Ui) -> Result<u8>
     let opts = options(args)?;
     let out = Out::from_arg(&args.out)?;
     if let Some(file) = &args.with_secret {
-        check_secret_file(file)?;
+        let out_dir = match &out {
+            Out::Dir(dir) => Some(dir.as_path()),
+            Out::Stdout => None,
+        };
+        check_secret_file(file, out_dir)?;
     }
     let conf = valkey_conf(settings)?;
     let manifests = kubernetes::manifests(settings, &conf, &opts)?;
@@ -192,11 +196,21 @@ fn earlier_exports(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The Secret file is never overwritten: it may hold the password in use.
-fn check_secret_file(file: &Path) -> Result<()> {
+/// Its directory must exist, unless it is the `--out` directory, which the
+/// export creates first.
+fn check_secret_file(file: &Path, out_dir: Option<&Path>) -> Result<()> {
     if std::fs::symlink_metadata(file).is_ok() {
         bail!(
             "--with-secret {} already exists; remove it or name another file (it may hold the password in use)",
             file.display()
+        );
+    }
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|d| !d.is_dir() && Some(*d) != out_dir) {
+        bail!(
+            "--with-secret {}: {} is not a directory; create it or name another file",
+            file.display(),
+            dir.display()
         );
     }
     Ok(())
