@@ -55,7 +55,7 @@ EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
 # Debian packages the harness needs, each named: podman is installed without its
 # recommends, so both network backends are listed explicitly and nothing depends on what
 # an earlier run or another package happened to bring. curl is for the readiness ping.
-EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2
     debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
@@ -125,6 +125,7 @@ runtime = "runc"
 tmp_dir = "${EVI_TEST_TMP_DIR:-/run/libpod}"
 [network]
 network_backend = "$EVI_TEST_NETWORK_BACKEND"
+$([[ -z "${EVI_TEST_NETWORK_CONFIG_DIR:-}" ]] || printf 'network_config_dir = "%s"' "$EVI_TEST_NETWORK_CONFIG_DIR")
 EOF
     export CONTAINERS_CONF="$EVI_TEST_DIR/containers.conf"
 }
@@ -231,13 +232,30 @@ evi_check_network_backend() {
 # Removes what the tests or the main job left under this lane's configuration, so the
 # next lane (another network backend on the same storage) starts from a clean host and no
 # bridge of this lane's evi-net keeps its subnet's route.
+# A bridge that still holds this lane's evi-net subnet while the lane has no evi-net is a
+# leftover of a killed run (netavark tears bridges down with their last container); Podman
+# refuses to create a network over it. Remove it.
+evi_remove_stale_bridges() {
+    local subnet="${EVI_TEST_SUBNET:-10.90.213.0/24}" prefix dev
+    prefix="${subnet%.0/*}."
+    podman network exists evi-net 2>/dev/null && return 0
+    while read -r dev; do
+        evi_log "removing stale bridge $dev (holds $subnet, no evi-net uses it)"
+        ip link delete "$dev" || true
+    done < <(ip -o -4 addr show 2>/dev/null | awk -v p="$prefix" 'index($4, p) == 1 { print $2 }')
+}
+
 evi_test_env_clean() {
     local ids
     ids="$(podman ps -aq --filter label=io.evi-install.managed=true 2>/dev/null || true)"
+    # Stopped by request first, so that no restart policy races with the removal.
     # shellcheck disable=SC2086  # one ID per word
+    [[ -z "$ids" ]] || podman stop --ignore -t 0 $ids >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
     [[ -z "$ids" ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
     podman rm -f -t 0 --ignore evi-state evi-be evi-worker >/dev/null 2>&1 || true
     podman network rm -f evi-net >/dev/null 2>&1 || true
+    evi_remove_stale_bridges
 }
 
 # Stop the service by PID, only if this shell started it (or, when run as
@@ -417,23 +435,36 @@ _evi_build_valkey_image_locked() {
 # Podman on the same storage would tear down the first one's containers with the wrong
 # backend). Images are copied over from the default storage.
 evi_test_lane() {
+    # $2, optional: a private lane of that name with backend $1 (its own storage, lock and
+    # subnet), for a developer's run beside others on the same machine.
+    local key="${2:-$1}" octet
     EVI_TEST_NETWORK_BACKEND="$1"
-    if [[ "$1" == netavark ]]; then
+    if [[ "$key" == netavark ]]; then
         EVI_TEST_DIR="$EVI_REPO/target/e2e"
-        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK
+        unset CONTAINERS_STORAGE_CONF EVI_TEST_TMP_DIR EVI_TEST_SUBNET EVI_TEST_LOCK EVI_TEST_NETWORK_CONFIG_DIR
     else
-        EVI_TEST_DIR="$EVI_REPO/target/e2e-$1"
+        EVI_TEST_DIR="$EVI_REPO/target/e2e-$key"
         mkdir -p "$EVI_TEST_DIR"
         cat >"$EVI_TEST_DIR/storage.conf" <<EOF
 [storage]
 driver = "overlay"
-graphroot = "/var/lib/containers/storage-evi-$1"
-runroot = "/run/containers/storage-evi-$1"
+graphroot = "/var/lib/containers/storage-evi-$key"
+runroot = "/run/containers/storage-evi-$key"
 EOF
+        if [[ "$key" == cni ]]; then
+            octet=223
+        else
+            octet=$((230 + $(printf '%s' "$key" | cksum | cut -d' ' -f1) % 20))
+        fi
         export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
-        export EVI_TEST_TMP_DIR="/run/libpod-evi-$1"
-        export EVI_TEST_SUBNET="10.90.223.0/24"
-        export EVI_TEST_LOCK="/tmp/evi-host-$1.lock"
+        export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
+        # Network definitions live outside the storage (/etc/containers/networks, or
+        # /etc/cni/net.d for CNI): without a directory of its own, this lane's evi-net would
+        # be the same network as every other Podman's on the machine.
+        export EVI_TEST_NETWORK_CONFIG_DIR="$EVI_TEST_DIR/networks"
+        mkdir -p "$EVI_TEST_NETWORK_CONFIG_DIR"
+        export EVI_TEST_SUBNET="10.90.$octet.0/24"
+        export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
     fi
     export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR
 }
@@ -613,6 +644,86 @@ _evi_build_client_image_locked() {
     evi_log "built $EVI_TEST_CLIENT_IMAGE in $((SECONDS - start))s (clients $hash)"
 }
 
+# Images for the evi-state image contract (README "The image evi-state runs"), derived
+# from the Valkey test image with `podman build` (no registry needed: FROM a local image):
+#   nodata    /data owned by root, as a volume restored by root would be;
+#   official  laid out like the official valkey/valkey:8: valkey-server and valkey-cli in
+#             /usr/local/bin, user valkey with uid/gid 999, VOLUME /data, WORKDIR /data and
+#             the official entrypoint script;
+#   nosetpriv no setpriv: nothing can drop privileges, so evi-state must refuse to start.
+# Each is tagged by a hash of its recipe and rebuilt when that changes.
+EVI_TEST_CONTRACT_IMAGES=(nodata official nosetpriv)
+
+_evi_contract_recipe() {
+    printf 'FROM %s\n' "$EVI_TEST_VALKEY_IMAGE"
+    case "$1" in
+        nodata) printf 'RUN chown root:root /data && chmod 0755 /data\n' ;;
+        nosetpriv) printf 'RUN rm -f /usr/bin/setpriv\n' ;;
+        official)
+            cat <<'EOF'
+RUN sed -i 's/^valkey:x:[0-9]*:[0-9]*:/valkey:x:999:999:/' /etc/passwd \
+ && sed -i 's/^valkey:x:[0-9]*:/valkey:x:999:/' /etc/group \
+ && cp /usr/bin/valkey-check-rdb /usr/local/bin/valkey-server \
+ && mv /usr/bin/valkey-cli /usr/local/bin/valkey-cli \
+ && rm -f /usr/bin/valkey-server \
+ && chown 999:999 /data
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+VOLUME /data
+WORKDIR /data
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["valkey-server"]
+EOF
+            ;;
+    esac
+}
+
+# The official image's entrypoint (valkey-container's docker-entrypoint.sh), as it is.
+_evi_official_entrypoint() {
+    cat <<'EOF'
+#!/bin/sh
+set -e
+# first arg is `-f` or `--some-option` or first arg is `something.conf`
+if [ "${1#-}" != "$1" ] || [ "${1%.conf}" != "$1" ]; then
+	set -- valkey-server "$@"
+fi
+# allow the container to be started with `--user`
+if [ "$1" = 'valkey-server' -a "$(id -u)" = '0' ]; then
+	find . \! -user valkey -exec chown valkey '{}' +
+	exec setpriv --reuid=valkey --regid=valkey --clear-groups -- "$0" "$@"
+fi
+# set an appropriate umask (if one isn't set already)
+um="$(umask)"
+if [ "$um" = '0022' ]; then
+	umask 0077
+fi
+exec "$@"
+EOF
+}
+
+evi_build_contract_images() {
+    local kind image hash ctx
+    for kind in "${EVI_TEST_CONTRACT_IMAGES[@]}"; do
+        hash="$({ _evi_contract_recipe "$kind"; _evi_official_entrypoint; podman image inspect --format '{{.Id}}' "$EVI_TEST_VALKEY_IMAGE"; } | sha256sum | cut -c1-12)"
+        image="localhost/evi-valkey-$kind:$hash"
+        if ! podman image exists "$image"; then
+            evi_log "building $image (image contract: $kind)"
+            ctx="$(mktemp -d "$EVI_TEST_DIR/contract.XXXXXX")"
+            _evi_contract_recipe "$kind" >"$ctx/Containerfile"
+            _evi_official_entrypoint >"$ctx/docker-entrypoint.sh"
+            chmod 0755 "$ctx/docker-entrypoint.sh"
+            podman build --quiet --network none -t "$image" -f "$ctx/Containerfile" "$ctx" >/dev/null ||
+                evi_die "podman build of $image failed"
+            rm -rf "$ctx"
+        fi
+        case "$kind" in
+            nodata) export EVI_TEST_IMAGE_NODATA="$image" ;;
+            official) export EVI_TEST_IMAGE_OFFICIAL="$image" ;;
+            nosetpriv) export EVI_TEST_IMAGE_NOSETPRIV="$image" ;;
+        esac
+    done
+    evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
@@ -621,8 +732,10 @@ evi_test_env_up() {
     evi_write_containers_conf
     evi_start_service
     evi_check_network_backend
+    evi_remove_stale_bridges
     evi_build_valkey_image
     evi_build_client_image
+    evi_build_contract_images
     export EVI_TEST_PODMAN_URL EVI_TEST_VALKEY_IMAGE EVI_TEST_CLIENT_IMAGE EVI_TEST_CLIENT_HASH CONTAINERS_CONF EVI_TEST_NETWORK_BACKEND
     evi_log "EVI_TEST_NETWORK_BACKEND=$EVI_TEST_NETWORK_BACKEND"
     evi_log "EVI_TEST_PODMAN_URL=$EVI_TEST_PODMAN_URL"

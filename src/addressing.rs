@@ -81,6 +81,16 @@ pub fn client_addresses(subnet: Ipv4Net, index: u32) -> [Ipv4Addr; 2] {
     [nth(subnet, first), nth(subnet, first + 1)]
 }
 
+/// The MAC address that goes with a fixed address: locally administered
+/// (`0a:e1:`) plus the address's four bytes. Podman otherwise gives a
+/// re-created or restarted container a new MAC on the same address, and every
+/// client's ARP cache keeps the old one: measured here, clients then stall for
+/// 28-42 s after evi-state is re-created. Same address, same MAC.
+pub fn mac_for(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("0a:e1:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// The `/etc/hosts` entry that points a client at evi-state.
 pub fn state_host_entry(subnet: Ipv4Net) -> String {
     format!(
@@ -194,6 +204,13 @@ mod tests {
             (Ipv4Addr::new(10, 1, 2, 96), Ipv4Addr::new(10, 1, 2, 126))
         );
         assert!(client_addresses(small, 9)[1] < network_spec(small).dynamic_range.0);
+    }
+
+    #[test]
+    fn a_fixed_address_has_a_fixed_locally_administered_mac() {
+        assert_eq!(mac_for(Ipv4Addr::new(10, 90, 213, 2)), "0a:e1:0a:5a:d5:02");
+        // Locally administered (bit 1), unicast (bit 0 clear).
+        assert_eq!(0x0a & 0b11, 0b10);
     }
 
     #[test]

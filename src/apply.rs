@@ -125,6 +125,45 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     Ok(report)
 }
 
+/// Applies `plan` and proves the result from a client's side: created is not
+/// working, so this ends on a new client's PONG (`reach::require_reach`). The
+/// probe starts as soon as evi-state answers, while the clients are still
+/// being started. Returns the report and how long the probe took.
+pub async fn apply_and_prove<E: Engine>(
+    engine: &E,
+    plan: &Plan,
+    ui: &Ui,
+    ready_timeout: Duration,
+    settings: &crate::settings::Settings,
+    version: SecretVersion,
+) -> Result<(Report, Duration)> {
+    let (state_ready, ready) = tokio::sync::oneshot::channel();
+    let opts = Options {
+        ready_timeout,
+        state_ready: std::cell::Cell::new(Some(state_ready)),
+    };
+    let probe = async {
+        ready.await.ok()?;
+        let probed = Instant::now();
+        let result = crate::reach::require_reach(engine, settings, version).await;
+        Some(result.map(|()| probed.elapsed()))
+    };
+    let applied = async {
+        let report = apply(engine, plan, ui, &opts).await;
+        // A failed apply never reaches evi-state's step: let the probe go.
+        drop(opts.state_ready.take());
+        report
+    };
+    let (report, probe) = tokio::join!(applied, probe);
+    let report = report?;
+    match probe {
+        Some(result) => Ok((report, result?)),
+        None => bail!(
+            "evi-state was not ready, so no client could be checked; run `evi-install up` again"
+        ),
+    }
+}
+
 /// Makes sure every image the plan runs is in local storage, pulling what is
 /// missing; fails with the fix when one cannot be had.
 pub async fn ensure_images<E: Engine>(engine: &E, plan: &Plan, ui: &Ui) -> Result<()> {
@@ -255,6 +294,10 @@ impl Poll {
         Instant::now() >= self.deadline
     }
 
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 3 / 2).min(Duration::from_millis(250));
@@ -331,21 +374,26 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
         match engine.container_state(STATE_CONTAINER).await? {
             Some((state, code)) if has_stopped(&state) => {
                 let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
+                // Its restart policy would start it again and again, to no use:
+                // stopped by request, it stays down with its logs, for the operator.
+                let _ = engine.stop_container(STATE_CONTAINER, 0).await;
                 bail!(
-                    "evi-state exited at start (exit code {code}); its last log lines:\n{}",
+                    "evi-state exited at start (exit code {code}; stopped, so that it does not restart in a loop); \
+                     its last log lines:\n{}",
                     indent(&redact(&logs))
                 );
             }
             None => bail!("evi-state disappeared while starting"),
             _ => {}
         }
-        match engine
-            .exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[])
-            .await
-        {
-            Ok(out) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
-            Ok(out) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
-            Err(e) => last = format!("{e:#}"),
+        // Bounded by what is left of the wait: a hung exec cannot outlast it.
+        let limit = poll.remaining().max(Duration::from_secs(1));
+        let ping = engine.exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[]);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(out)) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
+            Ok(Ok(out)) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = format!("none within {:.1}s", limit.as_secs_f64()),
         }
         if poll.expired() {
             let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
@@ -373,17 +421,24 @@ mod tests {
     use crate::desired::build;
     use crate::engine::fake::FakeEngine;
     use crate::plan::plan;
-    use crate::settings::from_yaml;
+    use crate::settings::{from_yaml, Settings};
 
-    #[tokio::test]
-    async fn fresh_apply_runs_in_order_and_converges() {
+    /// Settings with evi-be from `image` and a state directory of their own,
+    /// and the stack they describe at password generation 1.
+    fn fresh_site(image: &str) -> (tempfile::TempDir, Settings, Desired) {
         let tmp = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}",
+            "state_dir: {}\nservices: {{ evi-be: {{ image: {image} }} }}",
             tmp.path().display()
         );
         let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        (tmp, settings, desired)
+    }
+
+    #[tokio::test]
+    async fn fresh_apply_runs_in_order_and_converges() {
+        let (_tmp, settings, desired) = fresh_site("app");
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
         let opts = Options::new(Duration::from_secs(1));
@@ -416,6 +471,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_probe_runs_once_evi_state_answers_and_a_failed_apply_ends_at_once() {
+        let (_tmp, settings, desired) = fresh_site("app");
+        let p = plan(&desired, &Observed::default()).unwrap();
+        let ready = Duration::from_secs(1);
+
+        let engine = FakeEngine::default();
+        let (report, _) = apply_and_prove(
+            &engine,
+            &p,
+            &Ui::silent(),
+            ready,
+            &settings,
+            SecretVersion(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.created, 6);
+        let calls = engine.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        assert!(
+            at("create container evi-probe") > at(&format!("exec evi-state sh -c {PING_SCRIPT}"))
+        );
+        assert!(calls.contains(&"wait container evi-probe".to_string()));
+
+        // evi-state never comes up: the error, at once, and no probe.
+        let engine = FakeEngine {
+            fail_on: Some("create container evi-state".into()),
+            ..FakeEngine::default()
+        };
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            apply_and_prove(
+                &engine,
+                &p,
+                &Ui::silent(),
+                ready,
+                &settings,
+                SecretVersion(1),
+            ),
+        )
+        .await
+        .expect("a failed apply does not wait for the probe");
+        assert!(result.unwrap_err().to_string().contains("injected failure"));
+        assert!(!engine.calls().iter().any(|c| c.contains("evi-probe")));
+    }
+
+    #[tokio::test]
     async fn a_successor_takes_the_address_its_predecessor_does_not_hold() {
         let settings = from_yaml(
             Some((
@@ -445,13 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_image_fails_before_any_change() {
-        let tmp = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "state_dir: {}\nservices: {{ evi-be: {{ image: missing/app }} }}",
-            tmp.path().display()
-        );
-        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
-        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let (_tmp, settings, desired) = fresh_site("missing/app");
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
         let err = apply(

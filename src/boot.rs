@@ -5,15 +5,55 @@
 //! ours have. Where systemd runs, `up` enables that unit (shown in the plan
 //! like any other resource). Where it does not, nothing starts containers at
 //! boot, and `up` says so once.
+//!
+//! Rootless Podman's containers belong to the user's own systemd instance:
+//! there the unit is the user's `podman-restart.service`, managed with
+//! `systemctl --user`, and it runs at boot only if the user lingers
+//! (`loginctl enable-linger`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-/// Whether systemd is the init system here (its documented check).
+/// Whether Podman runs rootless here: evi-install talks to the Podman of the
+/// user it runs as (see `engine::podman::resolve_url`).
+fn rootless() -> bool {
+    !rustix::process::geteuid().is_root()
+}
+
+/// Whether the systemd that manages our units runs: the system's (its
+/// documented check), and for a rootless user also the user's own instance.
 pub fn systemd_running() -> bool {
-    Path::new("/run/systemd/system").is_dir()
+    let user_dir = user_manager_dir(
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        rustix::process::geteuid().as_raw(),
+    );
+    manager_running(rootless(), &|p| p.is_dir(), &user_dir)
+}
+
+fn manager_running(rootless: bool, is_dir: &dyn Fn(&Path) -> bool, user_dir: &Path) -> bool {
+    is_dir(Path::new("/run/systemd/system")) && (!rootless || is_dir(user_dir))
+}
+
+/// Where a running user instance of systemd keeps its state.
+fn user_manager_dir(runtime_dir: Option<PathBuf>, uid: u32) -> PathBuf {
+    runtime_dir
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")))
+        .join("systemd")
+}
+
+/// `systemctl ARGS`, addressed to the user's instance for rootless Podman.
+fn systemctl_args<'a>(rootless: bool, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = if rootless { vec!["--user"] } else { vec![] };
+    all.extend_from_slice(args);
+    all
+}
+
+fn systemctl(args: &[&str]) -> Command {
+    let mut command = Command::new("systemctl");
+    command.args(systemctl_args(rootless(), args));
+    command
 }
 
 /// `Some(enabled)` for `unit` where systemd runs, `None` elsewhere.
@@ -21,18 +61,16 @@ pub fn unit_enabled(unit: &str) -> Option<bool> {
     if !systemd_running() {
         return None;
     }
-    let out = Command::new("systemctl")
-        .args(["is-enabled", "--quiet", unit])
-        .status()
-        .ok()?;
+    let out = systemctl(&["is-enabled", "--quiet", unit]).status().ok()?;
     Some(out.success())
 }
 
 pub fn enable(unit: &str) -> Result<()> {
-    let out = Command::new("systemctl").args(["enable", unit]).output()?;
+    let args = systemctl_args(rootless(), &["enable", unit]).join(" ");
+    let out = systemctl(&["enable", unit]).output()?;
     if !out.status.success() {
         bail!(
-            "systemctl enable {unit}: {}",
+            "systemctl {args}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -44,3 +82,49 @@ pub const NO_SYSTEMD_NOTE: &str =
     "note: systemd is not running on this host, so nothing starts the \
     containers after a reboot; their restart policy (always) restarts them while Podman runs. \
     After a reboot, run `evi-install up` (it starts what is stopped).";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootless_podman_uses_the_users_systemd() {
+        let unit = "podman-restart.service";
+        assert_eq!(
+            systemctl_args(false, &["enable", unit]),
+            ["enable", unit],
+            "root: the system instance"
+        );
+        assert_eq!(
+            systemctl_args(true, &["is-enabled", "--quiet", unit]),
+            ["--user", "is-enabled", "--quiet", unit]
+        );
+    }
+
+    #[test]
+    fn a_rootless_user_needs_its_own_systemd_instance() {
+        let user = user_manager_dir(Some("/run/user/1000".into()), 1000);
+        assert_eq!(user, Path::new("/run/user/1000/systemd"));
+        assert_eq!(
+            user_manager_dir(None, 1001),
+            Path::new("/run/user/1001/systemd")
+        );
+        let system = Path::new("/run/systemd/system");
+        // (rootless, which directories exist, expected)
+        let cases: [(bool, &[&Path], bool); 5] = [
+            (false, &[system], true),
+            (false, &[], false),
+            (true, &[system, &user], true),
+            (true, &[system], false),
+            (true, &[&user], false),
+        ];
+        for (rootless, present, expected) in cases {
+            let is_dir = |p: &Path| present.contains(&p);
+            assert_eq!(
+                manager_running(rootless, &is_dir, &user),
+                expected,
+                "rootless {rootless}, present {present:?}"
+            );
+        }
+    }
+}

@@ -37,7 +37,19 @@ case "$pw" in
     exit 78 ;;
 esac
 set --
-if [ "$(id -u)" = 0 ] && id valkey >/dev/null 2>&1 && command -v setpriv >/dev/null; then
+if [ "$(id -u)" = 0 ]; then
+  # Never run Valkey as root: drop to the image's valkey user, or refuse.
+  if ! id valkey >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1; then
+    echo "evi-state: the image has no valkey user or no setpriv to drop privileges to it; refusing to run Valkey as root" >&2
+    exit 78
+  fi
+  # As the official image's entrypoint does: /data belongs to the server's user, also on
+  # a volume that root created or restored.
+  if command -v find >/dev/null 2>&1; then
+    find /data \! -user valkey -exec chown valkey:valkey '{}' +
+  else
+    chown -R valkey:valkey /data
+  fi
   set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
 fi
 exec "$@" valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
@@ -52,6 +64,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         name: STATE_CONTAINER.to_string(),
         image: settings.services.evi_state.image.clone(),
         command: vec!["sh".into(), "-c".into(), STATE_START_SCRIPT.into()],
+        entrypoint: Some(vec![]),
         // Root only until the start script has read the secret; see STATE_START_SCRIPT.
         user: None,
         mounts: vec![
@@ -129,6 +142,7 @@ fn client_spec(
         name: name.to_string(),
         image: service.image.clone(),
         command: service.command.clone(),
+        entrypoint: None,
         user: None,
         mounts: vec![],
         secrets: vec![SecretUse::Env {
@@ -154,7 +168,10 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
     let hash = |v: serde_json::Value| short_hash(v.to_string().as_bytes());
     BTreeMap::from([
         ("image".to_string(), hash(serde_json::json!(spec.image))),
-        ("command".to_string(), hash(serde_json::json!(spec.command))),
+        (
+            "command".to_string(),
+            hash(serde_json::json!([spec.entrypoint, spec.command])),
+        ),
         ("user".to_string(), hash(serde_json::json!(spec.user))),
         ("mounts".to_string(), hash(serde_json::json!(spec.mounts))),
         ("secrets".to_string(), hash(serde_json::json!(spec.secrets))),

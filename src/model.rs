@@ -125,6 +125,11 @@ pub struct ContainerSpec {
     pub image: String,
     /// Empty: the image's own command.
     pub command: Vec<String>,
+    /// `Some(vec![])`: run `command` as it is, whatever ENTRYPOINT the image
+    /// has (evi-state's image may be the official one, whose entrypoint
+    /// would otherwise wrap our start script). `None`: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     pub user: Option<String>,
     pub mounts: Vec<Mount>,
     pub secrets: Vec<SecretUse>,

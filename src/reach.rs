@@ -152,6 +152,7 @@ pub fn probe_spec(name: &str, image: &str, url_secret: &str, attach: Attach) -> 
         name: name.to_string(),
         image: image.to_string(),
         command: vec!["sh".into(), "-c".into(), PROBE_SCRIPT.into()],
+        entrypoint: Some(vec![]),
         user: None,
         mounts: vec![],
         secrets: vec![SecretUse::Env {

@@ -293,6 +293,7 @@ fn job_spec(
             "evi-rotate".into(),
             action.into(),
         ],
+        entrypoint: Some(vec![]),
         user: state.user.clone(),
         mounts: vec![],
         secrets: vec![
@@ -361,6 +362,21 @@ fn fault_point(step: &RotStep) {
 #[cfg(not(feature = "test-hooks"))]
 fn fault_point(_step: &RotStep) {}
 
+/// Test hook: `EVI_INSTALL_TEST_FAIL_AFTER=<step key>` makes that step fail
+/// once it is done, to prove the roll-back from each point.
+#[cfg(feature = "test-hooks")]
+fn fail_point(step: &RotStep) -> Result<()> {
+    if std::env::var("EVI_INSTALL_TEST_FAIL_AFTER").is_ok_and(|k| k == step.key()) {
+        bail!("injected failure after {}", step.key());
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn fail_point(_step: &RotStep) -> Result<()> {
+    Ok(())
+}
+
 pub struct Outcome {
     pub elapsed: Duration,
 }
@@ -376,13 +392,44 @@ pub async fn execute<E: Engine>(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let state_to = spec(&specs.to, STATE_CONTAINER)?;
-    let mut replaced_clients: Vec<String> = Vec::new();
+    // Clients that may run with the new URL: those an interrupted run already
+    // moved, then each one this run starts to move.
+    let moving: Vec<&String> = rotation
+        .steps
+        .iter()
+        .flat_map(|s| match s {
+            RotStep::ReplaceClients(names) => names.iter().collect(),
+            _ => vec![],
+        })
+        .collect();
+    let mut replaced_clients: Vec<String> = if rotation.resuming {
+        specs
+            .to
+            .containers
+            .iter()
+            .map(|c| &c.name)
+            .filter(|n| *n != STATE_CONTAINER && !moving.contains(n))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut progress = Progress::default();
     let mut revoked = false;
     for (i, step) in rotation.steps.iter().enumerate() {
         let done: Vec<String> = rotation.steps[..i].iter().map(|s| s.to_string()).collect();
         let not_done: Vec<String> = rotation.steps[i..].iter().map(|s| s.to_string()).collect();
         crate::interrupt::check(&done, &not_done)?;
         let t = Instant::now();
+        // A step that fails may be half done: count it as taken.
+        match step {
+            RotStep::CreateSecrets => progress.secrets_made = true,
+            RotStep::AddPassword => {
+                progress.secrets_made = true;
+                progress.password_added = true;
+            }
+            _ => {}
+        }
         let result = run_step(
             engine,
             rotation,
@@ -392,7 +439,8 @@ pub async fn execute<E: Engine>(
             ready,
             &mut replaced_clients,
         )
-        .await;
+        .await
+        .and_then(|()| fail_point(step));
         if let Err(e) = result {
             let failure = format!(
                 "step {} ({step}) failed: {}",
@@ -410,7 +458,8 @@ pub async fn execute<E: Engine>(
             {
                 bail!("{failure}; run `evi-install rotate-secret` again to finish");
             }
-            return Err(match rollback(engine, rotation, specs, state_to, &replaced_clients).await {
+            progress.clients = replaced_clients;
+            return Err(match rollback(engine, rotation, specs, state_to, &progress).await {
                 Ok(()) => anyhow!("{failure}; rolled back: the old password is still in force and nothing else changed"),
                 Err(r) => anyhow!(
                     "{failure}; the roll-back failed too ({}); run `evi-install rotate-secret` again",
@@ -459,8 +508,9 @@ async fn run_step<E: Engine>(
         }
         RotStep::ReplaceClients(names) => {
             for name in names {
-                replace_client(engine, spec(&specs.to, name)?).await?;
+                // Counted before it is done: a half-done move is rolled back too.
                 replaced_clients.push(name.clone());
+                replace_client(engine, spec(&specs.to, name)?).await?;
             }
             Ok(())
         }
@@ -476,31 +526,50 @@ async fn run_step<E: Engine>(
     }
 }
 
-/// Back to the old password: the server accepts only it, replaced clients go
-/// back to the old URL, the new secrets are removed.
+/// How far a rotation got before it failed: what a roll-back has to undo.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The new generation's secrets may exist.
+    secrets_made: bool,
+    /// The running evi-state may accept the new password.
+    password_added: bool,
+    /// Clients that may run with the new URL.
+    clients: Vec<String>,
+}
+
+/// Back to the old password, undoing only what was done, in the order that
+/// never refuses a client: the clients go back to the old URL while the
+/// server still accepts both passwords; only then does the server drop the
+/// new one (the job needs the new secret, which exists by then); last, the
+/// new secrets go.
 async fn rollback<E: Engine>(
     engine: &E,
     rotation: &Rotation,
     specs: &Specs,
     state_to: &ContainerSpec,
-    replaced_clients: &[String],
+    progress: &Progress,
 ) -> Result<()> {
-    run_job(
-        engine,
-        &job_spec(
-            state_to,
-            specs.to.network_spec.subnet,
-            rotation.from,
-            rotation.to,
-            "rollback",
-        ),
-    )
-    .await?;
-    for name in replaced_clients {
+    for name in &progress.clients {
         replace_client(engine, spec(&specs.from, name)?).await?;
     }
-    engine.remove_secret(&rotation.to.url_name()).await?;
-    engine.remove_secret(&rotation.to.password_name()).await
+    if progress.password_added {
+        run_job(
+            engine,
+            &job_spec(
+                state_to,
+                specs.to.network_spec.subnet,
+                rotation.from,
+                rotation.to,
+                "rollback",
+            ),
+        )
+        .await?;
+    }
+    if progress.secrets_made {
+        engine.remove_secret(&rotation.to.url_name()).await?;
+        engine.remove_secret(&rotation.to.password_name()).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -694,6 +763,75 @@ mod tests {
                 .any(|c| c == "create container evi-rotate"),
             "the rollback job ran"
         );
+    }
+
+    #[tokio::test]
+    async fn a_roll_back_moves_the_clients_back_before_the_server_drops_the_new_password() {
+        let (engine, text) = failed_rotation("create container evi-worker").await;
+        assert!(text.contains("rolled back"), "{text}");
+        let calls = engine.calls();
+        let last = |call: &str| calls.iter().rposition(|c| c == call).unwrap();
+        let first_job = calls
+            .iter()
+            .position(|c| c == "create container evi-rotate")
+            .unwrap();
+        assert!(
+            last("create container evi-rotate") != first_job,
+            "the add job ran, then the roll-back job"
+        );
+        // evi-worker (half moved) and evi-be (moved) are back on the old URL
+        // before the roll-back job makes the server accept the old password only.
+        let rollback_job = last("create container evi-rotate");
+        assert!(
+            last("rename container evi-be-next evi-be") < rollback_job,
+            "{calls:#?}"
+        );
+        assert!(
+            last("rename container evi-worker-next evi-worker") < rollback_job,
+            "{calls:#?}"
+        );
+        let host = engine.host.lock().unwrap().clone();
+        for client in CLIENTS {
+            assert_eq!(
+                label_version(&host.containers[client].labels),
+                Some(SecretVersion(1)),
+                "{client}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_roll_back_undoes_only_what_was_done() {
+        // The new secrets half made: no job (it would need them), no client moved.
+        let (engine, text) = failed_rotation("create secret evi-state-password-v2").await;
+        assert!(text.contains("rolled back"), "{text}");
+        let calls = engine.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.contains("evi-rotate") || c.contains("-next")),
+            "{calls:#?}"
+        );
+        let host = engine.host.lock().unwrap().clone();
+        let names: Vec<&str> = host.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, V1);
+
+        // The password added, then the job itself failed: it runs again to roll back.
+        let (engine, text) = failed_rotation("start container evi-rotate").await;
+        assert!(text.contains("rolled back"), "{text}");
+        let calls = engine.calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| *c == "start container evi-rotate")
+                .count(),
+            1,
+            "only the roll-back job ran to the end: {calls:#?}"
+        );
+        assert!(!calls.iter().any(|c| c.contains("-next")), "{calls:#?}");
+        let host = engine.host.lock().unwrap().clone();
+        let names: Vec<&str> = host.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, V1);
     }
 
     #[tokio::test]

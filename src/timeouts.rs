@@ -64,6 +64,41 @@ mod tests {
         assert_eq!(stop_secs_for("evi-probe-be"), HELPER_STOP_SECS);
     }
 
+    /// `--ready-timeout` holds even when the PING itself never answers.
+    #[tokio::test]
+    async fn a_hung_ping_does_not_outlast_the_ready_timeout() {
+        use crate::engine::fake::FakeEngine;
+        let engine = FakeEngine {
+            exec_hangs: true,
+            ..Default::default()
+        };
+        engine
+            .host
+            .lock()
+            .unwrap()
+            .containers
+            .insert("evi-state".into(), owned("evi-state"));
+        let started = std::time::Instant::now();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::apply::wait_ready(&engine, Duration::from_secs(1)),
+        )
+        .await
+        .expect("wait_ready ends on its own");
+        let err = waited.unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "evi-state did not answer an authenticated PING within 1s (last answer: none within 1.0s)"
+            ),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     fn owned(name: &str) -> crate::model::ObservedContainer {
         crate::model::ObservedContainer {
             name: name.into(),

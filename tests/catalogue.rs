@@ -456,7 +456,8 @@ fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("its last log lines:") && out.stderr.contains("valkey-server"),
+        out.stderr.contains("its last log lines:")
+            && out.stderr.contains("refusing to run Valkey as root"),
         "{}",
         out.stderr
     );

@@ -854,3 +854,83 @@ fn an_evi_net_made_the_old_way_is_migrated_visibly() {
         status.stdout
     );
 }
+
+/// The image contract (README "The image evi-state runs"): any image with
+/// `sh`, `valkey-server`, `valkey-cli`, a `valkey` user and `setpriv` runs
+/// evi-state as that user, whoever owns `/data`; one that cannot drop root is
+/// refused, and nothing runs as root.
+#[test]
+fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused() {
+    let _lock = host_lock();
+    let image = |var: &str| {
+        std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `scripts/test.sh`"))
+    };
+    let site = Site::new("");
+    let settings_for = |state_image: &str| {
+        let idle = r#"[sh, -c, "trap 'exit 0' TERM; sleep infinity & wait"]"#;
+        let clients = &site.podman.valkey_image;
+        let yaml = format!(
+            "state_dir: {}\n{}services:\n  evi-state: {{ image: {state_image} }}\n  \
+             evi-be: {{ image: {clients}, command: {idle} }}\n",
+            site.state_dir().display(),
+            lane_subnet_yaml()
+        );
+        std::fs::write(site.settings(), yaml).unwrap();
+    };
+    for (what, state_image) in [
+        ("the test image", site.podman.valkey_image.clone()),
+        (
+            "an image whose /data is root's",
+            image("EVI_TEST_IMAGE_NODATA"),
+        ),
+        (
+            "an image laid out like valkey/valkey:8",
+            image("EVI_TEST_IMAGE_OFFICIAL"),
+        ),
+    ] {
+        reset_host();
+        settings_for(&state_image);
+        let up = site.up(&[]);
+        assert_eq!(up.code, 0, "{what}: {}", up.all());
+        // The server runs as valkey, and the data it wrote is valkey's.
+        assert_eq!(
+            podman_ok(&["exec", "evi-state", "stat", "-c", "%U", "/proc/1"]).trim(),
+            "valkey",
+            "{what}"
+        );
+        assert_eq!(
+            podman_ok(&[
+                "exec",
+                "evi-state",
+                "stat",
+                "-c",
+                "%U",
+                "/data",
+                "/data/appendonlydir"
+            ])
+            .trim(),
+            "valkey\nvalkey",
+            "{what}"
+        );
+        state_cli("set op:contract 1 ex 60");
+        let status = site.evi().args(["status"]).run();
+        assert_eq!(status.code, 0, "{what}: {}", status.all());
+    }
+
+    // No way to drop privileges: refused, with the reason, and nothing runs.
+    reset_host();
+    settings_for(&image("EVI_TEST_IMAGE_NOSETPRIV"));
+    let up = site.up(&[]);
+    assert_eq!(up.code, 1, "{}", up.all());
+    assert!(
+        up.stderr.contains("exit code 78") && up.stderr.contains("refusing to run Valkey as root"),
+        "{}",
+        up.stderr
+    );
+    // Its restart policy may start it again, but the server never starts.
+    let logs = podman(&["logs", "evi-state"]).all();
+    assert!(logs.contains("refusing to run Valkey as root"), "{logs}");
+    assert!(!logs.contains("Ready to accept connections"), "{logs}");
+    reset_host();
+}

@@ -11,5 +11,6 @@ mod e2e;
 mod export;
 mod hardening;
 mod kube_play;
+mod pressure;
 mod rotation;
 mod support;

@@ -389,3 +389,125 @@ fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
     assert_eq!(our_secrets().len(), 2);
     assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
 }
+
+/// Every line the client containers print while it runs, successors and
+/// containers removed meanwhile included: each running evi-be* or
+/// evi-worker* container is followed from its first line.
+struct ClientLogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<String>,
+}
+
+impl ClientLogs {
+    fn start() -> ClientLogs {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = BTreeSet::new();
+            let mut followers = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let running = podman(&[
+                    "ps",
+                    "--filter",
+                    "name=^evi-be",
+                    "--filter",
+                    "name=^evi-worker",
+                    "--format",
+                    "{{.ID}}",
+                ]);
+                for id in running.stdout.lines().map(str::to_string) {
+                    if seen.insert(id.clone()) {
+                        let mut child = follow_logs(&id);
+                        let mut out = child.stdout.take().unwrap();
+                        let reader = std::thread::spawn(move || {
+                            let mut text = String::new();
+                            let _ = out.read_to_string(&mut text);
+                            text
+                        });
+                        followers.push((child, reader));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let mut all = String::new();
+            for (mut child, reader) in followers {
+                let _ = child.kill();
+                let _ = child.wait();
+                all.push_str(&reader.join().unwrap());
+            }
+            all
+        });
+        ClientLogs { stop, handle }
+    }
+
+    fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// How many passwords the server holds for the default user (ACL GETUSER
+/// lists each as a SHA-256 in hex).
+fn passwords_in_force() -> usize {
+    state_cli("acl getuser default")
+        .lines()
+        .filter(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .count()
+}
+
+#[test]
+fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
+    require_test_hooks();
+    let _lock = host_lock();
+    for step in ["create-secrets", "add-password", "replace-clients"] {
+        reset_host();
+        let site = looping_site();
+        let up = site.up(&[]);
+        assert_eq!(up.code, 0, "{step}: {}", up.all());
+        let old = site.password();
+        let logs = ClientLogs::start();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+
+        let rotate = site
+            .evi()
+            .env("EVI_INSTALL_TEST_FAIL_AFTER", step)
+            .args(["rotate-secret"])
+            .run();
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let log = logs.finish();
+        assert_eq!(rotate.code, 1, "{step}: {}", rotate.all());
+        assert!(
+            rotate
+                .stderr
+                .contains(&format!("injected failure after {step}"))
+                && rotate
+                    .stderr
+                    .contains("rolled back: the old password is still in force"),
+            "{step}: {}",
+            rotate.stderr
+        );
+
+        let writes = log.lines().filter(|l| l.starts_with("ok ")).count();
+        let auth_failures: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("fail"))
+            .filter(|l| l.contains("AUTH") || l.contains("WRONGPASS") || l.contains("NOAUTH"))
+            .collect();
+        println!(
+            "roll-back after {step}: {writes} acknowledged writes, {} auth failures",
+            auth_failures.len()
+        );
+        assert!(writes > 20, "{step}: the clients were writing: {writes}");
+        assert!(
+            auth_failures.is_empty(),
+            "{step}: authentication failures: {auth_failures:?}"
+        );
+        assert_eq!(site.password(), old, "{step}");
+        assert_eq!(ping_with(&old), "PONG", "{step}");
+        assert_eq!(passwords_in_force(), 1, "{step}: one password in force");
+        assert_eq!(our_secrets().len(), 2, "{step}: {:?}", our_secrets());
+        let converged = site.up(&["--dry-run", "--detailed-exitcode"]);
+        assert_eq!(converged.code, 0, "{step}: {}", converged.all());
+    }
+}

@@ -101,9 +101,17 @@ async fn observe<E: crate::engine::Engine>(
         .unwrap_or_default();
     for (iface, net) in crate::addressing::parse_routes(&routes) {
         if !own.contains(&net) {
-            observed
-                .other_subnets
-                .push((format!("the host route on {iface}"), net));
+            let what = if iface.starts_with("podman") || iface.starts_with("cni-podman") {
+                // Netavark and CNI name their bridges so. One can outlive its network
+                // (a killed run), and Podman then refuses the subnet as well.
+                format!(
+                    "the host route on {iface} (a Podman bridge; if no Podman network uses it any more, \
+                     `ip link delete {iface}` removes it)"
+                )
+            } else {
+                format!("the host route on {iface}")
+            };
+            observed.other_subnets.push((what, net));
         }
     }
     observed.boot_unit_enabled = crate::boot::unit_enabled(crate::model::BOOT_UNIT);

@@ -37,6 +37,8 @@ struct ValkeyHealth {
     aof_last_rewrite_status: String,
     aof_last_write_status: String,
     evicted_keys: u64,
+    /// Writes refused with `OOM command not allowed` since the server started.
+    oom_refusals: u64,
     keys_cache_db: u64,
     keys_op: u64,
     keys_stream: u64,
@@ -143,6 +145,14 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
                  with `OOM command not allowed`, XADD included",
                 human(h.used_memory),
                 human(h.maxmemory)
+            ));
+        }
+        if h.oom_refusals > 0 {
+            warnings.push(format!(
+                "evi-state has refused {} writes with `OOM command not allowed` since it started: memory is full of \
+                 keys without a TTL, so every write fails, XADD included; delete keys without a TTL or raise \
+                 valkey.maxmemory",
+                h.oom_refusals
             ));
         }
         if !h.aof_enabled && settings.valkey.appendonly {
@@ -328,6 +338,12 @@ fn parse_info(text: &str) -> ValkeyHealth {
             "aof_last_bgrewrite_status" => h.aof_last_rewrite_status = value.to_string(),
             "aof_last_write_status" => h.aof_last_write_status = value.to_string(),
             "evicted_keys" => h.evicted_keys = num(),
+            "errorstat_OOM" => {
+                h.oom_refusals = value
+                    .strip_prefix("count=")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            }
             "keys_cache_db" => h.keys_cache_db = num(),
             "keys_op" => h.keys_op = num(),
             "keys_stream" => h.keys_stream = num(),
@@ -475,12 +491,13 @@ mod tests {
     fn info_lines_are_parsed() {
         let h = parse_info(
             "# Memory\r\nused_memory:1048576\r\nmaxmemory:1073741824\r\naof_enabled:1\r\naof_last_bgrewrite_status:ok\r\n\
-             evicted_keys:3\r\n# evi-keys\r\nkeys_stream:2\r\nstream_with_ttl:stream:tasks:x\r\n",
+             evicted_keys:3\r\nerrorstat_OOM:count=7\r\n# evi-keys\r\nkeys_stream:2\r\nstream_with_ttl:stream:tasks:x\r\n",
         );
         assert_eq!(
             (h.used_memory, h.maxmemory, h.aof_enabled, h.evicted_keys),
             (1 << 20, 1 << 30, true, 3)
         );
+        assert_eq!(h.oom_refusals, 7);
         assert_eq!(h.aof_last_rewrite_status, "ok");
         assert_eq!(h.keys_stream, 2);
         assert_eq!(h.streams_with_ttl, ["stream:tasks:x"]);

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 
 use super::{observe, Host};
-use crate::apply::{self, apply};
+use crate::apply;
 use crate::cli::{OutputFormat, UpArgs};
 use crate::desired;
 use crate::exit;
@@ -86,27 +86,15 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     ui.info("");
 
     let started = Instant::now();
-    // Created is not working: `up` ends on a client's PONG. The probe starts as
-    // soon as evi-state answers, while the clients are still being started.
-    let (state_ready, ready) = tokio::sync::oneshot::channel();
-    let opts = apply::Options {
-        ready_timeout: Duration::from_secs(args.ready_timeout),
-        state_ready: std::cell::Cell::new(Some(state_ready)),
-    };
-    let probe = async {
-        ready.await.ok()?;
-        let probed = Instant::now();
-        let result = crate::reach::require_reach(&engine, settings, version).await;
-        Some(result.map(|()| probed.elapsed()))
-    };
-    let (report, probe) = tokio::join!(apply(&engine, &to_apply.plan, ui, &opts), probe);
-    let report = report?;
-    let probe_time = match probe {
-        Some(result) => result?,
-        None => bail!(
-            "evi-state was not ready, so no client could be checked; run `evi-install up` again"
-        ),
-    };
+    let (report, probe_time) = apply::apply_and_prove(
+        &engine,
+        &to_apply.plan,
+        ui,
+        Duration::from_secs(args.ready_timeout),
+        settings,
+        version,
+    )
+    .await?;
 
     // Look again: what was applied must now plan to nothing.
     let observed = observe(&engine, settings).await?;

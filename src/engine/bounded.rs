@@ -99,6 +99,15 @@ impl<E: Engine> Engine for Bounded<E> {
         .await
     }
 
+    async fn stop_container(&self, name: &str, timeout: u64) -> Result<()> {
+        bound(
+            Duration::from_secs(timeout) + REMOVE_MARGIN,
+            || format!("stop container {name}"),
+            self.inner.stop_container(name, timeout),
+        )
+        .await
+    }
+
     async fn wait_exited(&self, name: &str) -> Result<()> {
         // Callers bound the wait by what they run (a probe, the rotation
         // job); this only catches a service that never answers at all.
@@ -265,6 +274,9 @@ mod tests {
         async fn wait_exited(&self, _: &str) -> Result<()> {
             hang().await
         }
+        async fn stop_container(&self, _: &str, _: u64) -> Result<()> {
+            hang().await
+        }
         async fn remove_network(&self, _: &str) -> Result<()> {
             hang().await
         }
@@ -350,6 +362,10 @@ mod tests {
                 "inspect container c",
             ),
             (timed(e.wait_exited("c")).await, "wait for container c"),
+            (
+                timed(e.stop_container("evi-state", 30)).await,
+                "stop container evi-state",
+            ),
             (timed(e.remove_network("n")).await, "remove network n"),
             (
                 timed(e.create_volume("v", &labels)).await,
@@ -393,6 +409,7 @@ mod tests {
                 // Its 30s stop timeout, then the removal.
                 "remove container evi-state" => 60,
                 "wait for container c" => 90,
+                "stop container evi-state" => 60,
                 _ => 30,
             };
             assert_eq!(secs, expected, "{call}");

@@ -24,6 +24,8 @@ pub struct FakeEngine {
     pub addresses: Mutex<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
     /// Every container removal with the stop timeout it was given.
     pub stop_timeouts: Mutex<Vec<(String, u64)>>,
+    /// `exec` never answers, as in a wedged container or Podman service.
+    pub exec_hangs: bool,
 }
 
 impl FakeEngine {
@@ -151,6 +153,15 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn stop_container(&self, name: &str, _timeout: u64) -> Result<()> {
+        self.record(format!("stop container {name}"))?;
+        if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
+            c.running = false;
+            c.state = "exited".into();
+        }
+        Ok(())
+    }
+
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
         self.stop_timeouts
@@ -190,6 +201,9 @@ impl Engine for FakeEngine {
         _env: &[(&str, &str)],
     ) -> Result<ExecOutput> {
         self.record(format!("exec {container} {}", command.join(" ")))?;
+        if self.exec_hangs {
+            std::future::pending::<()>().await;
+        }
         Ok(ExecOutput {
             exit_code: 0,
             stdout: "PONG\n".into(),

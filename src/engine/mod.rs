@@ -43,6 +43,9 @@ pub trait Engine {
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()>;
     async fn start_container(&self, name: &str) -> Result<()>;
     async fn rename_container(&self, name: &str, new_name: &str) -> Result<()>;
+    /// Stops (SIGTERM, then SIGKILL after `timeout` seconds); a stop by request
+    /// also ends a restart loop. A container already stopped or gone is fine.
+    async fn stop_container(&self, name: &str, timeout: u64) -> Result<()>;
     /// Stops (SIGTERM, then SIGKILL after `timeout` seconds) and removes.
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()>;
     /// Podman's state word for a container (`running`, `exited`, ...) and its exit code.

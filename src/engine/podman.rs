@@ -388,7 +388,10 @@ impl Engine for PodmanEngine {
                     aliases: Some(spec.aliases.clone()),
                     interface_name: None,
                     static_ips: spec.addresses.first().map(|ip| vec![ip.to_string()]),
-                    static_mac: None,
+                    static_mac: spec
+                        .addresses
+                        .first()
+                        .map(|ip| crate::addressing::mac_for(*ip)),
                 },
             )]),
         };
@@ -397,6 +400,9 @@ impl Engine for PodmanEngine {
         }
         if !spec.command.is_empty() {
             b = b.command(&spec.command);
+        }
+        if let Some(entrypoint) = &spec.entrypoint {
+            b = b.entrypoint(entrypoint);
         }
         if let Some(user) = &spec.user {
             b = b.user(user);
@@ -481,7 +487,24 @@ impl Engine for PodmanEngine {
             .map_err(|e| fault(&format!("rename container {name} to {new_name}"), e))
     }
 
+    async fn stop_container(&self, name: &str, timeout: u64) -> Result<()> {
+        let stop = podman_api::opts::ContainerStopOpts::builder()
+            .ignore(true)
+            .timeout(timeout as usize)
+            .build();
+        removed(
+            self.podman.containers().get(name).stop(&stop).await,
+            &format!("stop container {name}"),
+        )
+    }
+
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
+        // Stop first: a stop by request turns the restart policy off. Removing a
+        // container that `restart=always` is bringing back (a crash loop) races with
+        // the restart, and can leave its fixed address allocated in Podman's IPAM
+        // to a container that no longer exists (seen on Podman 4.3). A failed stop
+        // (already stopping, say) is left to the removal below to decide.
+        let _ = self.stop_container(name, timeout).await;
         let container = self.podman.containers().get(name);
         let opts = ContainerDeleteOpts::builder()
             .force(true)

@@ -156,22 +156,49 @@ pub fn podman_ok(args: &[&str]) -> String {
 /// Removes every resource evi-install could have created (and any foreign
 /// stand-in a test made), so each test starts from a fresh host.
 pub fn reset_host() {
-    podman_ok(&[
-        "rm",
-        "--force",
-        "--ignore",
-        "--time",
-        "0",
-        "evi-be",
-        "evi-worker",
-        "evi-state",
-    ]);
+    // Stopped by request first: removing a container that its restart policy is
+    // bringing back can leave its fixed address allocated in Podman's IPAM.
+    let managed = podman_ok(&["ps", "-aq", "--filter", "label=io.evi-install.managed=true"]);
+    let mut names: Vec<&str> = vec!["evi-be", "evi-worker", "evi-state"];
+    names.extend(managed.split_whitespace());
+    let mut stop = vec!["stop", "--ignore", "--time", "0"];
+    stop.extend(&names);
+    podman(&stop);
+    let mut rm = vec!["rm", "--force", "--ignore", "--time", "0"];
+    rm.extend(&names);
+    podman_ok(&rm);
     podman(&["network", "rm", "-f", "evi-net"]);
     podman(&["network", "rm", "-f", "evi-test-overlap"]);
+    remove_stale_bridges();
     podman(&["volume", "rm", "-f", "evi-state-data"]);
     let secrets = podman_ok(&["secret", "ls", "--format", "{{.Name}}"]);
     for name in secrets.lines().filter(|n| n.starts_with("evi-")) {
         podman(&["secret", "rm", name]);
+    }
+}
+
+/// With evi-net gone, a bridge that still holds the lane's subnet is a leftover
+/// of a killed run, and Podman would refuse to create evi-net over it (the
+/// same hygiene as scripts/test-env.sh `evi_remove_stale_bridges`).
+fn remove_stale_bridges() {
+    if std::env::var_os("EVI_TEST_PODMAN_CLI").is_some() {
+        // A nested Podman: its bridges live in its own network namespace.
+        return;
+    }
+    let prefix = format!("{}.", lane_prefix());
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(3).is_some_and(|a| a.starts_with(&prefix)) {
+            let _ = Command::new("ip")
+                .args(["link", "delete", fields[1]])
+                .status();
+        }
     }
 }
 
@@ -280,18 +307,24 @@ pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
 }
 
 /// Everything Podman shows about our resources (ids, states, labels), for
-/// proving that a command changed nothing.
+/// proving that a command changed nothing. Only names starting with `evi-`
+/// count: other users of the host's Podman come and go meanwhile.
 pub fn snapshot_podman() -> String {
     let mut out = String::new();
     for args in [
         // `{{.State}}` reads "Up 2 seconds ago" on Podman 4.3: list the running ones instead.
         &["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Labels}}"][..],
-        &["ps", "--format", "running: {{.ID}}"],
+        &["ps", "--format", "running: {{.ID}} {{.Names}}"],
         &["network", "ls", "--format", "{{.ID}} {{.Name}} {{.Labels}}"],
         &["volume", "ls", "--format", "{{.Name}} {{.Labels}}"],
         &["secret", "ls", "--format", "{{.ID}} {{.Name}}"],
     ] {
-        let mut lines: Vec<String> = podman_ok(args).lines().map(str::to_string).collect();
+        let ours = |line: &str| line.split_whitespace().any(|w| w.starts_with("evi-"));
+        let mut lines: Vec<String> = podman_ok(args)
+            .lines()
+            .filter(|l| ours(l))
+            .map(str::to_string)
+            .collect();
         lines.sort();
         out.push_str(&lines.join("\n"));
         out.push('\n');
