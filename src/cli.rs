@@ -106,6 +106,45 @@ pub enum Command {
     /// Change the Valkey password with no refused client and no lost data
     #[command(name = "rotate-secret", after_help = ROTATE_EXAMPLES)]
     RotateSecret(RotateArgs),
+    /// Write the same stack as manifests for another platform, without touching the host
+    #[command(subcommand)]
+    Export(ExportTarget),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportTarget {
+    /// Kubernetes manifests: evi-state, its Service and NetworkPolicy, evi-be and evi-worker
+    #[command(after_help = EXPORT_KUBERNETES_EXAMPLES)]
+    Kubernetes(KubernetesArgs),
+}
+
+const EXPORT_KUBERNETES_EXAMPLES: &str = "\
+Examples:
+  evi-install export kubernetes                      Print every manifest as one YAML stream
+  evi-install export kubernetes --out k8s/           One file per resource, in apply order
+  evi-install export kubernetes --namespace evi --with-secret secret.yaml
+                                                     Also write a Secret with a new password (mode 0600)
+
+The manifests reference the Secret `evi-state` (keys `password` and `valkey-url`)
+and never hold the password; see the README, \"Running on Kubernetes\".";
+
+#[derive(Debug, Args)]
+pub struct KubernetesArgs {
+    /// Directory to write one file per resource to (created if missing), or `-` for standard output
+    #[arg(long, value_name = "DIR|-", default_value = "-")]
+    pub out: PathBuf,
+
+    /// Namespace of every resource [default: none, so `kubectl -n` decides]
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Also write a Secret manifest with a newly generated password to FILE (mode 0600; never overwritten)
+    #[arg(long, value_name = "FILE")]
+    pub with_secret: Option<PathBuf>,
+
+    /// Numeric user and group of the evi-state image's `valkey` user (the official image's is 999:999)
+    #[arg(long, value_name = "UID:GID", default_value = "999:999")]
+    pub valkey_user: String,
 }
 
 const STATUS_EXAMPLES: &str = "\

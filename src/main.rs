@@ -12,6 +12,7 @@ mod desired;
 mod engine;
 mod fsutil;
 mod interrupt;
+mod kubernetes;
 mod lock;
 mod model;
 mod plan;

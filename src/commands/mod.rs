@@ -1,6 +1,7 @@
 //! One module per command; `run` dispatches.
 
 mod down;
+mod export;
 mod render;
 mod rotate;
 mod status;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::RotateSecret(args) => {
             runtime()?.block_on(rotate::run(&settings, &ctx, &args, &ui))
         }
+        Command::Export(target) => export::run(&settings, &target, &ui),
     }
 }
 
