@@ -44,8 +44,12 @@ evi_install_kubernetes_validate() {
     local venv=target/kubernetes-validate
     if [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != *"$EVI_KUBERNETES_VALIDATE_VERSION"* ]]; then
         evi_log "installing kubernetes-validate==$EVI_KUBERNETES_VALIDATE_VERSION into $venv"
-        python3 -m venv "$venv" ||
-            evi_die "python3 -m venv failed: run 'apt-get install python3-venv'"
+        if ! python3 -m venv --help >/dev/null 2>&1; then
+            # Debian's python3 comes without venv.
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+                --no-install-recommends python3-venv || evi_die "apt-get install python3-venv failed"
+        fi
+        python3 -m venv "$venv" || evi_die "python3 -m venv $venv failed"
         "$venv/bin/pip" install --quiet "kubernetes-validate==$EVI_KUBERNETES_VALIDATE_VERSION" ||
             evi_die "pip install kubernetes-validate==$EVI_KUBERNETES_VALIDATE_VERSION failed"
     fi
