@@ -46,6 +46,7 @@ evi_install_kubernetes_validate() {
         evi_log "installing kubernetes-validate==$EVI_KUBERNETES_VALIDATE_VERSION into $venv"
         if ! python3 -m venv --help >/dev/null 2>&1; then
             # Debian's python3 comes without venv.
+            apt-get -o DPkg::Lock::Timeout=300 update -qq || evi_die "apt-get update failed"
             DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
                 --no-install-recommends python3-venv || evi_die "apt-get install python3-venv failed"
         fi
