@@ -55,7 +55,7 @@ EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
 # Debian packages the harness needs, each named: podman is installed without its
 # recommends, so both network backends are listed explicitly and nothing depends on what
 # an earlier run or another package happened to bring. curl is for the readiness ping.
-EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2 procps
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2 procps python3
     debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
