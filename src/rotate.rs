@@ -310,6 +310,7 @@ fn job_spec(
         ],
         network: state.network.clone(),
         aliases: vec![],
+        env: Default::default(),
         // Finds evi-state as the clients do: a fixed address in /etc/hosts.
         addresses: vec![crate::addressing::job_address(subnet)],
         hosts: vec![crate::addressing::state_host_entry(subnet)],
