@@ -53,7 +53,8 @@ async function main() {
   const redis = new Redis(url, redisOptions());
   redis.on('error', (err) => stats.connError(err)); // counted where the commands fail
   redis.on('ready', () => stats.connected());
-  const stopping = installShutdown(stats, () => {});
+  // The backstop leaves time for a whole batch: a worker stopped by request finishes it.
+  const stopping = installShutdown(stats, () => {}, 1500 + COUNT * WORK_MS);
   stats.start({
     stream: STREAM, group: GROUP, consumer, reclaim_idle_ms: MIN_IDLE_MS,
     reclaim_every_ms: RECLAIM_EVERY_MS,

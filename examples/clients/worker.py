@@ -204,7 +204,7 @@ def main():
     # Backstop: if a command hangs through an outage, end anyway soon after SIGTERM.
     def backstop():
         stop.wait()
-        time.sleep(1.5)
+        time.sleep(1.5 + COUNT * WORK_S)  # time for a whole batch: it is finished first
         stats.print(final=True)
         os._exit(0)
 
