@@ -31,7 +31,7 @@ trap 'exit 143' TERM
 step() { printf '\n===== %s =====\n' "$*"; }
 
 # The modules that talk to Podman; the unit and CLI tests do not depend on the host.
-E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure::)
+E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure:: replicas::)
 
 # Fail with the fix spelled out rather than with cargo's "no such command".
 evi_require_cargo

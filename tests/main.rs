@@ -10,5 +10,6 @@ mod clients;
 mod e2e;
 mod hardening;
 mod pressure;
+mod replicas;
 mod rotation;
 mod support;
