@@ -81,6 +81,13 @@ async fn observe<E: crate::engine::Engine>(
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
         .await?;
+    // The prefixes match more than our names (`evi-bench`, `evi-be-01`): keep only
+    // ours, so that someone else's container never enters a plan or its fingerprint.
+    observed.containers.retain(|name, _| {
+        name == STATE_CONTAINER
+            || crate::model::replica_of(name).is_some()
+            || crate::model::is_leftover(name)
+    });
     observed.config = crate::fsutil::read_optional(&settings.config_path())?;
     // Host routes count as used subnets, except evi-net's own bridge route.
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
