@@ -177,12 +177,21 @@ evi_start_service() {
     # sun_path is 108 bytes; a deep checkout would otherwise fail with an obscure bind error.
     ((${#sock} < 100)) || evi_die "socket path too long for a unix socket (${#sock} bytes): $sock; set EVI_TEST_DIR to a shorter directory"
 
+    # The configuration a service runs with: one started with another (an older
+    # containers.conf, another storage) must not be reused, or the service and the
+    # podman CLI of the tests would each see a different host.
+    local conf_hash
+    conf_hash="$(cat "$CONTAINERS_CONF" "${CONTAINERS_STORAGE_CONF:-/dev/null}" | sha256sum | cut -c1-16)"
     if [[ -f "$pidfile" ]]; then
         pid="$(<"$pidfile")"
         if evi_service_alive "$pid" && evi_ping; then
-            evi_log "reusing running podman service (pid $pid) on $sock"
-            EVI_TEST_PODMAN_PID="$pid"
-            return 0
+            if [[ "$(cat "$pidfile.conf" 2>/dev/null)" == "$conf_hash" ]]; then
+                evi_log "reusing running podman service (pid $pid) on $sock"
+                EVI_TEST_PODMAN_PID="$pid"
+                return 0
+            fi
+            evi_log "the running podman service (pid $pid) has another configuration; restarting it"
+            EVI_TEST_PODMAN_PID="$pid" EVI_TEST_PODMAN_STARTED=1 evi_test_env_stop
         fi
         rm -f "$pidfile"
     fi
@@ -195,6 +204,7 @@ evi_start_service() {
     nohup podman system service --time=0 "unix://$sock" >"$log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$pidfile"
+    echo "$conf_hash" >"$pidfile.conf"
     export EVI_TEST_PODMAN_PID="$pid"
     EVI_TEST_PODMAN_STARTED=1
 
@@ -437,7 +447,7 @@ _evi_build_valkey_image_locked() {
 evi_test_lane() {
     # $2, optional: a private lane of that name with backend $1 (its own storage, lock and
     # subnet), for a developer's run beside others on the same machine.
-    local key="${2:-$1}" octet
+    local key="${2:-$1}" subnet hash
     EVI_TEST_NETWORK_BACKEND="$1"
     if [[ "$key" == netavark ]]; then
         EVI_TEST_DIR="$EVI_REPO/target/e2e"
@@ -452,9 +462,11 @@ graphroot = "/var/lib/containers/storage-evi-$key"
 runroot = "/run/containers/storage-evi-$key"
 EOF
         if [[ "$key" == cni ]]; then
-            octet=223
+            subnet=10.90.223.0/24
         else
-            octet=$((230 + $(printf '%s' "$key" | cksum | cut -d' ' -f1) % 20))
+            # Two octets from the name's checksum: lanes of different names do not share.
+            hash=$(printf '%s' "$key" | cksum | cut -d' ' -f1)
+            subnet="10.$((100 + hash % 100)).$((hash / 100 % 250)).0/24"
         fi
         export CONTAINERS_STORAGE_CONF="$EVI_TEST_DIR/storage.conf"
         export EVI_TEST_TMP_DIR="/run/libpod-evi-$key"
@@ -463,7 +475,7 @@ EOF
         # be the same network as every other Podman's on the machine.
         export EVI_TEST_NETWORK_CONFIG_DIR="$EVI_TEST_DIR/networks"
         mkdir -p "$EVI_TEST_NETWORK_CONFIG_DIR"
-        export EVI_TEST_SUBNET="10.90.$octet.0/24"
+        export EVI_TEST_SUBNET="$subnet"
         export EVI_TEST_LOCK="/tmp/evi-host-$key.lock"
     fi
     export EVI_TEST_NETWORK_BACKEND EVI_TEST_DIR

@@ -20,9 +20,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// Offsets from the subnet's first address. `.1` is the gateway.
+/// Offsets from the subnet's first address. `.1` is the gateway; `.3` was
+/// the rotation job's, before the rotation needed none.
 const STATE_OFFSET: u32 = 2;
-const JOB_OFFSET: u32 = 3;
 const PROBE_OFFSET: u32 = 4;
 /// Client `i` has the two addresses `CLIENTS_OFFSET + 2i` and `+ 2i + 1`: one
 /// for the running container, one for its successor during a replacement.
@@ -65,10 +65,6 @@ pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 
 pub fn state_address(subnet: Ipv4Net) -> Ipv4Addr {
     nth(subnet, STATE_OFFSET)
-}
-
-pub fn job_address(subnet: Ipv4Net) -> Ipv4Addr {
-    nth(subnet, JOB_OFFSET)
 }
 
 pub fn probe_address(subnet: Ipv4Net) -> Ipv4Addr {

@@ -421,17 +421,24 @@ mod tests {
     use crate::desired::build;
     use crate::engine::fake::FakeEngine;
     use crate::plan::plan;
-    use crate::settings::from_yaml;
+    use crate::settings::{from_yaml, Settings};
 
-    #[tokio::test]
-    async fn fresh_apply_runs_in_order_and_converges() {
+    /// Settings with evi-be from `image` and a state directory of their own,
+    /// and the stack they describe at password generation 1.
+    fn fresh_site(image: &str) -> (tempfile::TempDir, Settings, Desired) {
         let tmp = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}",
+            "state_dir: {}\nservices: {{ evi-be: {{ image: {image} }} }}",
             tmp.path().display()
         );
         let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        (tmp, settings, desired)
+    }
+
+    #[tokio::test]
+    async fn fresh_apply_runs_in_order_and_converges() {
+        let (_tmp, settings, desired) = fresh_site("app");
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
         let opts = Options::new(Duration::from_secs(1));
@@ -465,13 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_probe_runs_once_evi_state_answers_and_a_failed_apply_ends_at_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "state_dir: {}\nservices: {{ evi-be: {{ image: app }} }}",
-            tmp.path().display()
-        );
-        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
-        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let (_tmp, settings, desired) = fresh_site("app");
         let p = plan(&desired, &Observed::default()).unwrap();
         let ready = Duration::from_secs(1);
 
@@ -546,13 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_image_fails_before_any_change() {
-        let tmp = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "state_dir: {}\nservices: {{ evi-be: {{ image: missing/app }} }}",
-            tmp.path().display()
-        );
-        let settings = from_yaml(Some((std::path::Path::new("evi.yaml"), &yaml)), None).unwrap();
-        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let (_tmp, settings, desired) = fresh_site("missing/app");
         let engine = FakeEngine::default();
         let p = plan(&desired, &Observed::default()).unwrap();
         let err = apply(

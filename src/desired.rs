@@ -38,6 +38,16 @@ case "$pw" in
     echo "evi-state: password secret is empty or malformed; refusing to start without a password" >&2
     exit 78 ;;
 esac
+# During a rotation the next password is mounted too, and accepted beside the first.
+next=
+if [ -e /run/secrets/evi-state-password-next ]; then
+  IFS= read -r next < /run/secrets/evi-state-password-next || true
+  case "$next" in
+    ""|*[!A-Za-z0-9]*)
+      echo "evi-state: the next password secret is empty or malformed; refusing to start" >&2
+      exit 78 ;;
+  esac
+fi
 set --
 if [ "$(id -u)" = 0 ]; then
   # Never run Valkey as root: drop to the image's valkey user, or refuse.
@@ -55,7 +65,7 @@ if [ "$(id -u)" = 0 ]; then
   set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
 fi
 exec "$@" valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
-requirepass $pw
+user default on >$pw${next:+ >$next} ~* &* +@all
 EOF
 "#;
 
@@ -240,6 +250,24 @@ fn with_labels(mut spec: ContainerSpec) -> ContainerSpec {
     spec
 }
 
+/// evi-state as in `state`, also accepting generation `next`'s password (its
+/// secret mounted beside the first): the first step of a rotation. Valkey's
+/// ACL changes made at run time are lost on a restart; a mounted secret is
+/// not, so whenever a client may hold either password, evi-state accepts both,
+/// even after a crash and a restart by its restart policy.
+pub fn also_accepting(state: &ContainerSpec, next: SecretVersion) -> ContainerSpec {
+    let mut spec = state.clone();
+    spec.secrets.push(SecretUse::File {
+        secret: next.password_name(),
+        target: NEXT_PASSWORD_SECRET_TARGET.to_string(),
+        mode: 0o400,
+    });
+    let mut spec = with_labels(spec);
+    spec.labels
+        .insert(ACCEPTS_LABEL.to_string(), next.0.to_string());
+    spec
+}
+
 /// Labels for secrets, networks and volumes.
 pub fn owned_labels() -> Labels {
     Labels::from([(MANAGED_LABEL.to_string(), "true".to_string())])
@@ -395,7 +423,7 @@ mod tests {
                 "pw=",
                 "IFS= read -r pw < \"$secret\" || true",
                 "case \"$pw\" in",
-                "requirepass $pw"
+                "user default on >$pw${next:+ >$next} ~* &* +@all"
             ]
         );
     }

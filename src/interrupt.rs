@@ -22,15 +22,26 @@ pub fn watch() {
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {
                     let first = RECEIVED.swap(number, Ordering::SeqCst) == 0;
-                    if first {
-                        eprintln!("{}", first_notice(number));
-                    } else {
-                        crate::ui::print_error(&abort_message(number));
-                        std::process::exit(128 + number);
+                    if let Some(code) = on_signal(first, number, &mut std::io::stderr()) {
+                        std::process::exit(code);
                     }
                 }
             });
         }
+    }
+}
+
+/// What a signal does: the first is announced, a second stops the run (the
+/// exit code is returned). Never panics: with stderr gone (its reader killed)
+/// a panicking `eprintln!` would end this listener, and every later signal
+/// would then be ignored.
+fn on_signal(first: bool, number: i32, err: &mut dyn std::io::Write) -> Option<i32> {
+    if first {
+        let _ = writeln!(err, "{}", first_notice(number));
+        None
+    } else {
+        let _ = writeln!(err, "error: {}", abort_message(number));
+        Some(128 + number)
     }
 }
 
@@ -120,6 +131,32 @@ pub async fn test_delay() {
 
 #[cfg(test)]
 mod tests {
+    /// stderr whose reader is gone.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_second_signal_stops_the_run_even_with_stderr_gone() {
+        assert_eq!(super::on_signal(true, libc::SIGTERM, &mut Closed), None);
+        assert_eq!(
+            super::on_signal(false, libc::SIGTERM, &mut Closed),
+            Some(143)
+        );
+        let mut said = Vec::new();
+        assert_eq!(super::on_signal(false, libc::SIGINT, &mut said), Some(130));
+        assert!(String::from_utf8(said)
+            .unwrap()
+            .starts_with("error: interrupted again by SIGINT: stopped at once"));
+    }
+
     #[test]
     fn the_messages_name_the_signal_and_the_fix() {
         assert_eq!(

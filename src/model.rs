@@ -81,6 +81,11 @@ pub fn is_leftover(name: &str) -> bool {
 /// Where evi-state finds its config and its password inside the container.
 pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";
 pub const PASSWORD_SECRET_TARGET: &str = "evi-state-password";
+/// During a rotation evi-state also mounts the next generation's password
+/// here, and accepts it too: a restart at any moment keeps both.
+pub const NEXT_PASSWORD_SECRET_TARGET: &str = "evi-state-password-next";
+/// On evi-state during a rotation: the generation it accepts besides its own.
+pub const ACCEPTS_LABEL: &str = "io.evi-install.also-accepts";
 pub const URL_ENV: &str = "VALKEY_URL";
 /// Podman's own unit that starts every container with restart policy
 /// `always` at boot: on Podman 4.3 (no Quadlet) it is what brings the stack back.
@@ -271,6 +276,9 @@ pub struct Observed {
     pub network: Option<ObservedNetwork>,
     /// Subnets in use on the host besides evi-net's: other Podman networks
     /// and host routes, each with a description (`Podman network podman`).
+    /// Not part of a saved plan's host fingerprint: a route that comes and
+    /// goes elsewhere does not change what the plan does.
+    #[serde(skip)]
     pub other_subnets: Vec<(String, Ipv4Net)>,
     pub volume: Option<ObservedResource>,
     /// Secrets whose names evi-install uses (`evi-state-password-v*`, `evi-valkey-url-v*`).

@@ -18,7 +18,7 @@ pub const HELPER_STOP_SECS: u64 = 1;
 
 /// How long a re-created client may take to reach `running`.
 pub const CLIENT_START: Duration = Duration::from_secs(30);
-/// How long the rotation job may take to run to completion.
+/// How long a short-lived container (a client probe) may take to run to completion.
 pub const JOB_RUN: Duration = Duration::from_secs(60);
 
 /// The seconds `podman stop` waits before SIGKILL for the container `name`.

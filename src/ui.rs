@@ -90,11 +90,17 @@ impl Ui {
     }
 
     pub fn warn(&self, text: &str) {
-        eprintln!(
-            "{}",
-            redact(&format!("{} {text}", self.paint(Style::Yellow, "warning:")))
-        );
+        print_err(&redact(&format!(
+            "{} {text}",
+            self.paint(Style::Yellow, "warning:")
+        )));
     }
+}
+
+/// A closed stderr (its reader killed) is not worth a panic either: the exit
+/// code must still say what happened.
+fn print_err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn print_out(text: &str) {
@@ -113,7 +119,7 @@ pub fn print_error(message: &str) {
     } else {
         "error:"
     };
-    eprintln!("{label} {}", redact(message));
+    print_err(&format!("{label} {}", redact(message)));
 }
 
 /// Stops and erases its spinner when dropped.

@@ -201,3 +201,71 @@ fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
     assert_eq!(podman(&["container", "exists", "evi-probe-mine"]).code, 0);
     remove_extra();
 }
+
+/// A run whose stderr reader is gone (a killed pipeline, a closed terminal)
+/// still stops at once on a second SIGTERM: the notice of the first cannot
+/// be written, and that must not disarm the second.
+#[test]
+fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
+    require_test_hooks();
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
+        .current_dir(site.dir.path())
+        .env("NO_COLOR", "1")
+        .env("EVI_INSTALL_TEST_STEP_DELAY_MS", "8000")
+        .args(["--podman-url", &site.podman.url, "up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+        if line.contains("created (") {
+            break;
+        }
+    }
+    kill("TERM", child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Instant::now();
+    kill("TERM", child.id());
+    let code = child.wait().unwrap().code();
+    let took = second.elapsed();
+    assert_eq!(code, Some(143), "{seen}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped {took:?} after the second SIGTERM (the pause is 8s)"
+    );
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+}
+
+/// With stderr closed, a failing run still exits 1 (printing the error must
+/// not panic into exit code 101).
+#[test]
+fn an_error_with_stderr_gone_still_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("evi.yaml"),
+        "services: { evi-be: { image: app } }\n",
+    )
+    .unwrap();
+    let url = format!("unix://{}", dir.path().join("nothing.sock").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
+        .current_dir(dir.path())
+        .args(["--podman-url", &url, "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("up")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
