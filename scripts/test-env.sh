@@ -55,7 +55,7 @@ EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
 # Debian packages the harness needs, each named: podman is installed without its
 # recommends, so both network backends are listed explicitly and nothing depends on what
 # an earlier run or another package happened to bring. curl is for the readiness ping.
-EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2
+EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2 procps
     debootstrap busybox-static uidmap ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
@@ -736,12 +736,27 @@ evi_build_contract_images() {
     evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV"
 }
 
+# Netavark keeps its address leases in /run (a tmpfs, so a reboot clears them). A lease
+# whose container is gone (a killed run racing a restart policy) blocks that fixed address
+# until then. With no Podman running containers on the machine, no lease is live: start
+# from an empty database, as after a reboot.
+evi_clear_stale_leases() {
+    local db=/run/containers/networks/ipam.db
+    [[ -e "$db" ]] || return 0
+    if pgrep -f "podman system service" >/dev/null || pgrep -x conmon >/dev/null; then
+        return 0
+    fi
+    evi_log "no Podman runs containers here: removing netavark's lease database $db (as a reboot would)"
+    rm -f "$db"
+}
+
 # Everything the end-to-end tests need. Fails (exits) on any missing piece.
 evi_test_env_up() {
     evi_require_root
     evi_install_packages
     evi_require_cargo
     evi_write_containers_conf
+    evi_clear_stale_leases
     evi_start_service
     evi_check_network_backend
     evi_remove_stale_bridges

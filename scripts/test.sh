@@ -10,6 +10,8 @@
 #      --no-install-recommends podman`): container names do not resolve at all;
 #   3. Debian trixie's Podman 5.4, nested in a container of the host's Podman
 #      (scripts/podman5-env.sh). EVI_TEST_PODMAN5=0 leaves it out of a local run.
+# Then a reboot of a nested host with systemd (scripts/reboot-env.sh, tests/reboot.rs);
+# EVI_TEST_REBOOT=0 leaves it out of a local run.
 #
 # It sets up its own Podman REST services and images (scripts/test-env.sh) and stops them
 # again on exit, whatever happens, so nothing is left running after CI.
@@ -21,10 +23,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/test-env.sh
 # shellcheck source=scripts/podman5-env.sh
 source scripts/podman5-env.sh
+# shellcheck source=scripts/reboot-env.sh
+source scripts/reboot-env.sh
 
 # The trap is in place before anything is started. INT/TERM are turned into a normal exit
 # so that the EXIT trap runs (bash skips it when killed by an untrapped signal).
-trap 'evi_podman5_stop; evi_test_env_stop' EXIT
+trap 'evi_reboot_stop; evi_podman5_stop; evi_test_env_stop' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -98,6 +102,25 @@ cargo build --release
 release_bin="${CARGO_TARGET_DIR:-target}/release/evi-install"
 if grep -q EVI_INSTALL_TEST_ "$release_bin"; then
     evi_die "$release_bin mentions EVI_INSTALL_TEST_: the test hooks were built into a release binary"
+fi
+
+# A real reboot (tests/reboot.rs): that release binary runs `up` inside a nested host with
+# systemd as PID 1 (scripts/reboot-env.sh), which is then restarted; the stack must come
+# back by itself. If the nested systemd does not boot, this step fails; it never skips.
+# EVI_TEST_REBOOT=0 leaves it out of a local run.
+if [[ "${EVI_TEST_REBOOT:-1}" != 0 ]]; then
+    step "reboot: boot the nested systemd host"
+    lane_start=$SECONDS
+    EVI_REBOOT_BIN="$release_bin" evi_reboot_up
+    step "reboot: cargo test --test integration -- --ignored reboot::"
+    reboot_log="$EVI_TEST_DIR/reboot/test.log"
+    cargo test --features test-hooks --test integration -- --ignored reboot:: --show-output 2>&1 |
+        tee "$reboot_log"
+    # A filter that matched nothing would pass too: the test must have run.
+    grep -q '^test reboot::the_stack_comes_back_after_a_reboot_with_its_data \.\.\. ok$' "$reboot_log" ||
+        evi_die "the reboot test did not run (see $reboot_log)"
+    evi_reboot_stop
+    evi_log "reboot step took $((SECONDS - lane_start))s"
 fi
 
 step "all checks passed"

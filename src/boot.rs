@@ -77,6 +77,30 @@ pub fn enable(unit: &str) -> Result<()> {
     Ok(())
 }
 
+/// What starts the stack at boot, for `status`: `unit_enabled(BOOT_UNIT)`
+/// as observed, and whether Podman runs rootless.
+pub fn describe(enabled: Option<bool>, rootless: bool) -> String {
+    let unit = crate::model::BOOT_UNIT;
+    match (enabled, rootless) {
+        (Some(true), false) => format!("{unit} enabled (it starts the containers at boot)"),
+        (Some(true), true) => format!(
+            "the user's {unit} enabled (it starts the containers at boot if the user lingers: \
+             `loginctl enable-linger`)"
+        ),
+        (Some(false), _) => format!(
+            "{unit} not enabled: nothing restarts the stack after a reboot; `evi-install up` enables it"
+        ),
+        (None, _) => "nothing restarts the stack after a reboot (systemd is not running); \
+            after a reboot, run `evi-install up`"
+            .to_string(),
+    }
+}
+
+/// `describe` for this host, as `status` shows it.
+pub fn describe_here(enabled: Option<bool>) -> String {
+    describe(enabled, rootless())
+}
+
 /// The note `up` prints once where systemd does not run.
 pub const NO_SYSTEMD_NOTE: &str =
     "note: systemd is not running on this host, so nothing starts the \
@@ -86,6 +110,44 @@ pub const NO_SYSTEMD_NOTE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_what_starts_the_stack_at_boot() {
+        let cases = [
+            (
+                Some(true),
+                false,
+                "podman-restart.service enabled (it starts",
+            ),
+            (
+                Some(true),
+                true,
+                "the user's podman-restart.service enabled",
+            ),
+            (
+                Some(false),
+                false,
+                "podman-restart.service not enabled: nothing restarts",
+            ),
+            (
+                None,
+                false,
+                "nothing restarts the stack after a reboot (systemd is not running)",
+            ),
+            (
+                None,
+                true,
+                "nothing restarts the stack after a reboot (systemd is not running)",
+            ),
+        ];
+        for (enabled, rootless, expected) in cases {
+            let line = describe(enabled, rootless);
+            assert!(
+                line.starts_with(expected),
+                "{enabled:?} rootless {rootless}: {line}"
+            );
+        }
+    }
 
     #[test]
     fn rootless_podman_uses_the_users_systemd() {

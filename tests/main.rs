@@ -10,6 +10,7 @@ mod clients;
 mod e2e;
 mod hardening;
 mod pressure;
+mod reboot;
 mod replicas;
 mod rotation;
 mod support;

@@ -87,6 +87,8 @@ struct Report {
     clients: Vec<ClientReach>,
     #[serde(skip_serializing_if = "Option::is_none")]
     valkey: Option<ValkeyHealth>,
+    /// What starts the containers after a reboot (`crate::boot::describe`).
+    boot: String,
     warnings: Vec<String>,
 }
 
@@ -199,6 +201,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
         resources,
         clients,
         valkey,
+        boot: crate::boot::describe_here(observed.boot_unit_enabled),
         warnings,
     };
     match args.output {
@@ -421,6 +424,7 @@ fn text(report: &Report) -> String {
             r.state
         ));
     }
+    out.push_str(&format!("\nboot: {}\n", report.boot));
     if let Some(h) = &report.valkey {
         let percent = (h.used_memory * 100).checked_div(h.maxmemory).unwrap_or(0);
         out.push_str("\nevi-state:\n");

@@ -478,7 +478,19 @@ impl Engine for PodmanEngine {
             .get(name)
             .start(None)
             .await
-            .map_err(|e| fault(&format!("start container {name}"), e))
+            .map_err(|e| {
+                let e = fault(&format!("start container {name}"), e);
+                if e.to_string().contains("is already allocated to container ID") {
+                    // A lease that outlived its container: only a fresh lease database
+                    // (a reboot, or deleting it while nothing runs) frees the address.
+                    return anyhow!(
+                        "{e:#}; if that container no longer exists, its address lease outlived it: \
+                         with no container running on this host, delete /run/containers/networks/ipam.db \
+                         (a reboot clears it too) and run again"
+                    );
+                }
+                e
+            })
     }
 
     async fn rename_container(&self, name: &str, new_name: &str) -> Result<()> {
