@@ -77,6 +77,27 @@ pub fn client_addresses(subnet: Ipv4Net, index: u32) -> [Ipv4Addr; 2] {
     [nth(subnet, first), nth(subnet, first + 1)]
 }
 
+/// The client index of replica `replica` (from 1) of the service in `slot`
+/// (evi-be 0, evi-worker 1): the services interleave, so a replica's index,
+/// and with it its addresses, never shifts when the other service scales.
+/// Replica 1 keeps the index the service always had.
+pub fn replica_index(slot: u32, replica: u32) -> u32 {
+    2 * (replica.max(1) - 1) + slot
+}
+
+/// How many replicas of the service in `slot` fit the subnet's fixed address
+/// plan: their addresses must stay below the dynamic range (the upper half).
+pub fn max_replicas(subnet: Ipv4Net, slot: u32) -> u32 {
+    let half = (1u32 << (32 - subnet.prefix_len())) / 2;
+    // The last index whose second address is below `half`.
+    let last_index = (half - CLIENTS_OFFSET - 2) / 2;
+    if last_index < slot {
+        0
+    } else {
+        (last_index - slot) / 2 + 1
+    }
+}
+
 /// The MAC address that goes with a fixed address: locally administered
 /// (`0a:e1:`) plus the address's four bytes. Podman otherwise gives a
 /// re-created or restarted container a new MAC on the same address, and every
@@ -200,6 +221,37 @@ mod tests {
             (Ipv4Addr::new(10, 1, 2, 96), Ipv4Addr::new(10, 1, 2, 126))
         );
         assert!(client_addresses(small, 9)[1] < network_spec(small).dynamic_range.0);
+    }
+
+    #[test]
+    fn replicas_interleave_and_stay_below_the_dynamic_range() {
+        let s = net("10.90.213.0/24");
+        // Replica 1 keeps today's addresses; replica 2 of evi-be sits after evi-worker.
+        assert_eq!(replica_index(0, 1), 0);
+        assert_eq!(replica_index(1, 1), 1);
+        assert_eq!(replica_index(0, 2), 2);
+        assert_eq!(replica_index(1, 3), 5);
+        assert_eq!((max_replicas(s, 0), max_replicas(s, 1)), (30, 29));
+        for (subnet, slot) in [
+            (s, 0),
+            (s, 1),
+            (net("10.1.2.64/26"), 0),
+            (net("10.1.2.64/26"), 1),
+        ] {
+            let top = max_replicas(subnet, slot);
+            let last = client_addresses(subnet, replica_index(slot, top))[1];
+            assert!(
+                last < network_spec(subnet).dynamic_range.0,
+                "{subnet} {slot}"
+            );
+            let over = client_addresses(subnet, replica_index(slot, top + 1))[1];
+            assert!(
+                over >= network_spec(subnet).dynamic_range.0,
+                "{subnet} {slot}"
+            );
+        }
+        assert_eq!(max_replicas(net("10.1.2.64/26"), 0), 6);
+        assert_eq!(max_replicas(net("10.1.2.64/26"), 1), 5);
     }
 
     #[test]

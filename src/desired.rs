@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::addressing::{client_addresses, network_spec, state_address, state_host_entry};
+use crate::addressing::{
+    client_addresses, network_spec, replica_index, state_address, state_host_entry,
+};
 use crate::model::*;
 use crate::render::{effective_hash, hex};
 use crate::settings::{Service, Settings};
@@ -96,6 +98,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         }],
         network: settings.network.clone(),
         aliases: vec![STATE_CONTAINER.to_string()],
+        env: BTreeMap::new(),
         addresses: vec![state_address(settings.network_subnet)],
         hosts: vec![],
         network_of: None,
@@ -108,18 +111,28 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
 
     let mut containers = vec![state];
     let mut unwanted = Vec::new();
-    for (index, name, service) in [
-        (0, BACKEND_CONTAINER, settings.services.evi_be.as_ref()),
-        (1, WORKER_CONTAINER, settings.services.evi_worker.as_ref()),
-    ] {
+    let mut replicas = Vec::new();
+    for (name, slot) in CLIENT_SERVICES {
+        let service = match name {
+            BACKEND_CONTAINER => settings.services.evi_be.as_ref(),
+            _ => settings.services.evi_worker.as_ref(),
+        };
         match service {
             Some(service) => {
-                let addresses = client_addresses(settings.network_subnet, index);
-                containers.push(client_spec(name, service, settings, addresses, version))
+                // Each replica its own container and fixed addresses, all with the same
+                // URL secret and hosts entry.
+                for r in 1..=service.replicas {
+                    let index = replica_index(slot, r);
+                    let addresses = client_addresses(settings.network_subnet, index);
+                    let replica = replica_name(name, r);
+                    containers.push(client_spec(&replica, service, settings, addresses, version));
+                }
             }
             None => unwanted.push(name.to_string()),
         }
+        replicas.push((name.to_string(), service.map_or(0, |s| s.replicas)));
         // Left over if a rotation was killed between starting a successor and the swap.
+        // (Those of replicas 2..N are found on the host by the planner.)
         unwanted.push(successor_name(name));
     }
     // Left over if a run was killed while its job or probe ran.
@@ -136,6 +149,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         volume: DATA_VOLUME.to_string(),
         containers,
         unwanted_containers: unwanted,
+        replicas,
     }
 }
 
@@ -161,6 +175,7 @@ fn client_spec(
         }],
         network: settings.network.clone(),
         aliases: vec![name.to_string()],
+        env: service.env.clone(),
         addresses: addresses.to_vec(),
         hosts: vec![state_host_entry(settings.network_subnet)],
         network_of: None,
@@ -176,7 +191,7 @@ fn client_spec(
 /// of the spec an operator would recognise in a "replace because" line.
 pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
     let hash = |v: serde_json::Value| short_hash(v.to_string().as_bytes());
-    BTreeMap::from([
+    let mut fields = BTreeMap::from([
         ("image".to_string(), hash(serde_json::json!(spec.image))),
         (
             "command".to_string(),
@@ -203,7 +218,12 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
             "config".to_string(),
             hash(serde_json::json!(spec.config_hash)),
         ),
-    ])
+    ]);
+    // Only when set: containers made before `env` existed keep their hash.
+    if !spec.env.is_empty() {
+        fields.insert("env".to_string(), hash(serde_json::json!(spec.env)));
+    }
+    fields
 }
 
 fn short_hash(bytes: &[u8]) -> String {
@@ -301,6 +321,62 @@ mod tests {
                 "evi-rotate",
                 "evi-probe"
             ]
+        );
+    }
+
+    #[test]
+    fn replicas_keep_the_services_name_and_addresses_and_interleave() {
+        let s = settings(
+            "services: { evi-be: { image: app, replicas: 2 }, evi-worker: { image: app, replicas: 3, env: { A: b } } }",
+        );
+        let d = build(&s, "port 6379\n", SecretVersion(1));
+        let names: Vec<&str> = d.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "evi-state",
+                "evi-be",
+                "evi-be-2",
+                "evi-worker",
+                "evi-worker-2",
+                "evi-worker-3"
+            ]
+        );
+        let first: Vec<String> = d.containers[1..]
+            .iter()
+            .map(|c| c.addresses[0].to_string())
+            .collect();
+        assert_eq!(
+            first,
+            [
+                "10.90.213.10",
+                "10.90.213.14",
+                "10.90.213.12",
+                "10.90.213.16",
+                "10.90.213.20"
+            ]
+        );
+        for c in &d.containers[1..] {
+            assert_eq!(c.hosts, ["evi-state:10.90.213.2"]);
+            assert_eq!(c.aliases, std::slice::from_ref(&c.name));
+        }
+        assert!(d.containers[1].env.is_empty());
+        assert_eq!(d.containers[3].env["A"], "b");
+        assert_eq!(
+            d.replicas,
+            [("evi-be".to_string(), 2), ("evi-worker".to_string(), 3)]
+        );
+        // One replica each is the stack as it always was: same names, addresses, hashes.
+        let one = build(
+            &settings("services: { evi-be: { image: app }, evi-worker: { image: app } }"),
+            "port 6379\n",
+            SecretVersion(1),
+        );
+        assert_eq!(one.containers[1].labels, d.containers[1].labels);
+        assert_eq!(one.containers[2].addresses, d.containers[3].addresses);
+        assert_ne!(
+            one.containers[2].labels[HASH_LABEL], d.containers[3].labels[HASH_LABEL],
+            "an env change replaces the worker"
         );
     }
 

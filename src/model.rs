@@ -34,6 +34,35 @@ pub const JOB_CONTAINER: &str = "evi-rotate";
 /// The container that checks, as a client would, that evi-state answers.
 pub const PROBE_CONTAINER: &str = "evi-probe";
 
+/// The client services, each with its slot in the fixed address plan
+/// (`addressing::replica_index`).
+pub const CLIENT_SERVICES: [(&str, u32); 2] = [(BACKEND_CONTAINER, 0), (WORKER_CONTAINER, 1)];
+
+/// Replica `r` (from 1) of a client service: replica 1 keeps the service's
+/// own name, so a stack of one replica each is the stack it always was and
+/// scaling 1 -> 3 only adds `evi-be-2` and `evi-be-3`.
+pub fn replica_name(service: &str, replica: u32) -> String {
+    if replica <= 1 {
+        service.to_string()
+    } else {
+        format!("{service}-{replica}")
+    }
+}
+
+/// The client service and replica number a container name stands for:
+/// `evi-be` is replica 1, `evi-be-2` replica 2. `evi-be-1`, `evi-be-02` and
+/// `evi-be-next` are not replica names.
+pub fn replica_of(name: &str) -> Option<(&'static str, u32)> {
+    CLIENT_SERVICES.iter().find_map(|(service, _)| {
+        if name == *service {
+            return Some((*service, 1));
+        }
+        let number = name.strip_prefix(service)?.strip_prefix('-')?;
+        let r: u32 = number.parse().ok()?;
+        (r >= 2 && number == r.to_string()).then_some((*service, r))
+    })
+}
+
 /// The name a replacement client runs under until the old one is gone.
 pub fn successor_name(name: &str) -> String {
     format!("{name}-next")
@@ -43,8 +72,8 @@ pub fn successor_name(name: &str) -> String {
 /// rotation job, a probe): one found later is a leftover of an interrupted
 /// run, and left on evi-net it would block its removal.
 pub fn is_leftover(name: &str) -> bool {
-    name == successor_name(BACKEND_CONTAINER)
-        || name == successor_name(WORKER_CONTAINER)
+    name.strip_suffix("-next")
+        .is_some_and(|client| replica_of(client).is_some())
         || name == JOB_CONTAINER
         || name.starts_with(PROBE_CONTAINER)
 }
@@ -140,6 +169,10 @@ pub struct ContainerSpec {
     pub secrets: Vec<SecretUse>,
     pub network: String,
     pub aliases: Vec<String>,
+    /// Environment variables from the settings (`services.<name>.env`); never
+    /// `VALKEY_URL`, which comes from the secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Fixed addresses on `network`, in order of preference: the container is
     /// created with the first. Clients have two, so that a successor can start
     /// while its predecessor still holds the other (see `addressing.rs`).
@@ -179,6 +212,10 @@ pub struct Desired {
     pub containers: Vec<ContainerSpec>,
     /// Owned containers that the settings no longer ask for (e.g. evi-worker without an image).
     pub unwanted_containers: Vec<String>,
+    /// How many replicas of each client service the settings ask for (0:
+    /// none, the service has no image). Replicas numbered above it, found on
+    /// the host, are removed, the highest first.
+    pub replicas: Vec<(String, u32)>,
 }
 
 /// evi-net as observed.
@@ -380,5 +417,41 @@ impl Plan {
     }
     pub fn has_changes(&self) -> bool {
         self.steps.iter().any(|s| s.verb != Verb::Keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_names_round_trip_and_nothing_else_is_one() {
+        for (service, r) in [("evi-be", 1), ("evi-be", 2), ("evi-worker", 12)] {
+            assert_eq!(replica_of(&replica_name(service, r)), Some((service, r)));
+        }
+        assert_eq!(replica_name("evi-worker", 1), "evi-worker");
+        assert_eq!(replica_name("evi-worker", 3), "evi-worker-3");
+        for name in [
+            "evi-be-1",
+            "evi-be-0",
+            "evi-be-02",
+            "evi-be-next",
+            "evi-bench",
+            "evi-state",
+            "evi-be-2-next",
+        ] {
+            assert_eq!(replica_of(name), None, "{name}");
+        }
+        for name in [
+            "evi-be-next",
+            "evi-worker-3-next",
+            "evi-rotate",
+            "evi-probe-x",
+        ] {
+            assert!(is_leftover(name), "{name}");
+        }
+        for name in ["evi-be", "evi-worker-3", "evi-state-next", "evi-be-1-next"] {
+            assert!(!is_leftover(name), "{name}");
+        }
     }
 }

@@ -156,6 +156,20 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         steps.push(keep(Kind::Unit, BOOT_UNIT));
     }
 
+    // Replicas 2..N the settings no longer ask for (scaling down, or a service
+    // without an image), the highest-numbered first, and the successors an
+    // interrupted replacement of one left. Only ours: a foreign container under
+    // such a name is not in the way of anything and is left alone.
+    for (name, reason) in surplus_replicas(desired, observed) {
+        steps.push(step(
+            Kind::Container,
+            &name,
+            Verb::Remove,
+            &reason,
+            Change::RemoveContainer,
+        ));
+    }
+
     for name in &desired.unwanted_containers {
         if observed.containers.contains_key(name) {
             steps.push(step(
@@ -186,6 +200,48 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     }
 
     Ok(Plan { steps })
+}
+
+/// Owned replicas numbered above what the settings ask for, highest first,
+/// then owned leftover successors of replicas 2..N, each with its reason.
+fn surplus_replicas(desired: &Desired, observed: &Observed) -> Vec<(String, String)> {
+    let mut surplus: Vec<(&str, u32, String)> = Vec::new();
+    let mut leftovers = Vec::new();
+    for c in observed.containers.values().filter(|c| c.owned()) {
+        if let Some((service, r)) = replica_of(&c.name) {
+            let wanted = desired
+                .replicas
+                .iter()
+                .find(|(s, _)| s == service)
+                .map_or(0, |(_, n)| *n);
+            if r >= 2 && r > wanted {
+                let reason = if wanted == 0 {
+                    "no image set for it in the settings".to_string()
+                } else {
+                    format!("scale down: the settings ask for {wanted} replicas of {service}")
+                };
+                surplus.push((service, r, reason));
+            }
+        } else if c
+            .name
+            .strip_suffix("-next")
+            .and_then(replica_of)
+            .is_some_and(|(_, r)| r >= 2)
+        {
+            leftovers.push(c.name.clone());
+        }
+    }
+    surplus.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+    let mut out: Vec<(String, String)> = surplus
+        .into_iter()
+        .map(|(service, r, reason)| (replica_name(service, r), reason))
+        .collect();
+    out.extend(
+        leftovers
+            .into_iter()
+            .map(|n| (n, "left over from an interrupted run".to_string())),
+    );
+    out
 }
 
 /// What `down` removes: leftovers of an interrupted run, our containers
@@ -219,7 +275,19 @@ pub fn plan_down(
             foreign(Kind::Container, &c.name);
         }
     }
-    for name in [WORKER_CONTAINER, BACKEND_CONTAINER, STATE_CONTAINER] {
+    // The clients, evi-worker's before evi-be's, each service's highest-numbered first.
+    let mut clients: Vec<(&str, u32, &str)> = observed
+        .containers
+        .keys()
+        .filter_map(|name| replica_of(name).map(|(service, r)| (service, r, name.as_str())))
+        .collect();
+    clients.sort_by(|a, b| b.0.cmp(a.0).then(b.1.cmp(&a.1)));
+    let names: Vec<&str> = clients
+        .iter()
+        .map(|(_, _, name)| *name)
+        .chain([STATE_CONTAINER])
+        .collect();
+    for name in names {
         match observed.containers.get(name) {
             Some(c) if c.owned() => steps.push(step(
                 Kind::Container,
@@ -634,6 +702,141 @@ mod tests {
             mutate(&mut o);
             assert_eq!(summary(&plan(&d, &o).unwrap()), expected, "{name}");
         }
+    }
+
+    fn scaled(be: u32, worker: u32) -> Desired {
+        desired(
+            CONF,
+            &format!(
+                "services: {{ evi-be: {{ image: app, replicas: {be} }}, evi-worker: {{ image: app, replicas: {worker} }} }}"
+            ),
+        )
+    }
+
+    /// `up` with replicas 1 -> 3 -> 2 -> 1 (and both services at once): each
+    /// step changes only the replicas that differ, removes the highest-numbered
+    /// first, and a second `up` has nothing to do.
+    #[test]
+    fn scaling_changes_only_the_replicas_that_differ_highest_first() {
+        type Scale = (u32, u32);
+        let cases: Vec<(Scale, Scale, Vec<&str>)> = vec![
+            (
+                (1, 1),
+                (1, 3),
+                vec![
+                    "Create container evi-worker-2",
+                    "Create container evi-worker-3",
+                ],
+            ),
+            ((1, 3), (1, 2), vec!["Remove container evi-worker-3"]),
+            ((1, 2), (1, 1), vec!["Remove container evi-worker-2"]),
+            (
+                (1, 3),
+                (1, 1),
+                vec![
+                    "Remove container evi-worker-3",
+                    "Remove container evi-worker-2",
+                ],
+            ),
+            (
+                (1, 1),
+                (2, 3),
+                vec![
+                    "Create container evi-be-2",
+                    "Create container evi-worker-2",
+                    "Create container evi-worker-3",
+                ],
+            ),
+            (
+                (3, 2),
+                (1, 2),
+                vec!["Remove container evi-be-3", "Remove container evi-be-2"],
+            ),
+            (
+                (2, 3),
+                (2, 1),
+                vec![
+                    "Remove container evi-worker-3",
+                    "Remove container evi-worker-2",
+                ],
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let (old, new) = (scaled(from.0, from.1), scaled(to.0, to.1));
+            let p = plan(&new, &converged(&old)).unwrap();
+            assert_eq!(summary(&p), expected, "{from:?} -> {to:?}");
+            // What is kept is kept as it is: the other service's replicas never move.
+            assert_eq!(
+                p.count(Verb::Keep),
+                7 + (from.0.min(to.0) + from.1.min(to.1)) as usize - 2,
+                "{from:?} -> {to:?}"
+            );
+            let removed = p.steps.iter().find(|s| s.verb == Verb::Remove);
+            if let Some(r) = removed {
+                assert!(
+                    r.reason.starts_with("scale down: the settings ask for"),
+                    "{}",
+                    r.reason
+                );
+            }
+            // The second `up`: nothing to do.
+            assert!(
+                !plan(&new, &converged(&new)).unwrap().has_changes(),
+                "{to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn replicas_without_an_image_go_and_foreign_look_alikes_stay() {
+        let old = scaled(1, 3);
+        let new = desired(CONF, "services: { evi-be: { image: app } }");
+        assert_eq!(
+            summary(&plan(&new, &converged(&old)).unwrap()),
+            [
+                "Remove container evi-worker-3",
+                "Remove container evi-worker-2",
+                "Remove container evi-worker"
+            ]
+        );
+        let d = scaled(1, 1);
+        let mut o = converged(&d);
+        for (name, owned) in [
+            ("evi-worker-5", false),
+            ("evi-worker-01", true),
+            ("evi-bench", true),
+            ("evi-worker-4-next", true),
+        ] {
+            let c = ObservedContainer {
+                name: name.into(),
+                labels: if owned { owned_labels() } else { Labels::new() },
+                ..Default::default()
+            };
+            o.containers.insert(name.into(), c);
+        }
+        assert_eq!(
+            summary(&plan(&d, &o).unwrap()),
+            ["Remove container evi-worker-4-next"],
+            "only our replicas' leftovers; a foreign evi-worker-5 and names that are no replica's are left alone"
+        );
+    }
+
+    #[test]
+    fn down_removes_every_replica_workers_first_highest_first() {
+        let d = scaled(2, 3);
+        let (p, _) = plan_down(&converged(&d), "evi-net", "/s/valkey.conf", false);
+        assert_eq!(
+            summary(&p),
+            [
+                "Remove container evi-worker-3",
+                "Remove container evi-worker-2",
+                "Remove container evi-worker",
+                "Remove container evi-be-2",
+                "Remove container evi-be",
+                "Remove container evi-state",
+                "Remove network evi-net"
+            ]
+        );
     }
 
     #[test]

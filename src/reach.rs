@@ -161,6 +161,7 @@ pub fn probe_spec(name: &str, image: &str, url_secret: &str, attach: Attach) -> 
         }],
         network,
         aliases: vec![],
+        env: Default::default(),
         addresses,
         hosts,
         network_of,

@@ -8,6 +8,7 @@
 //! Parsing is pure (`from_yaml`); `load` adds the file system. Every error names
 //! the file, the key and, where the parser knows it, the line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,10 @@ pub struct Service {
     pub image: String,
     /// Overrides the image's command; empty means the image's own.
     pub command: Vec<String>,
+    /// How many containers run it (evi-be and evi-worker; evi-state is 1).
+    pub replicas: u32,
+    /// Extra environment for every replica (never `VALKEY_URL`).
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -127,6 +132,41 @@ struct ServicesLayer {
 struct ServiceLayer {
     image: Option<String>,
     command: Option<Vec<String>>,
+    replicas: Option<u32>,
+    env: Option<BTreeMap<String, EnvValue>>,
+}
+
+/// An environment value as written in YAML: a string, or a number or boolean
+/// taken as its text (`EVI_WORK_MS: 100`).
+#[derive(Debug, Clone, PartialEq)]
+struct EnvValue(String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -428,17 +468,59 @@ fn resolve(
         let d = d.unwrap_or_default();
         let f = f.unwrap_or_default();
         let command = f.command.or(d.command).unwrap_or_default();
+        let replicas = f.replicas.or(d.replicas);
+        let env = f.env.or(d.env).unwrap_or_default();
+        let key = |k: &str| format!("services.{name}.{k}");
+        if name == "evi-state" {
+            // One Valkey owns the data volume; its environment is the start script's.
+            if replicas.is_some() || !env.is_empty() {
+                let k = if replicas.is_some() {
+                    "replicas"
+                } else {
+                    "env"
+                };
+                return Err(SettingsError::new(
+                    origin,
+                    Some(&key(k)),
+                    "evi-state runs as exactly one container, configured by `valkey`",
+                    format!("remove `services.evi-state.{k}`"),
+                ));
+            }
+        }
+        if replicas == Some(0) {
+            return Err(SettingsError::new(
+                origin,
+                Some(&key("replicas")),
+                "0 replicas",
+                format!("set 1 or more; to run no {name}, leave out its image"),
+            ));
+        }
+        let env = check_env(origin, name, env)?;
         match f.image.or(d.image) {
             Some(image) => {
                 check_image(origin, name, &image)?;
-                Ok(Some(Service { image, command }))
+                Ok(Some(Service {
+                    image,
+                    command,
+                    replicas: replicas.unwrap_or(1),
+                    env,
+                }))
             }
-            None if !command.is_empty() => Err(SettingsError::new(
-                origin,
-                Some(&format!("services.{name}.command")),
-                "a command is set but no image",
-                format!("add `services.{name}.image`"),
-            )),
+            None if !command.is_empty() || replicas.is_some() || !env.is_empty() => {
+                let k = if !command.is_empty() {
+                    "command"
+                } else if replicas.is_some() {
+                    "replicas"
+                } else {
+                    "env"
+                };
+                Err(SettingsError::new(
+                    origin,
+                    Some(&key(k)),
+                    format!("`{k}` is set but no image"),
+                    format!("add `services.{name}.image`"),
+                ))
+            }
             None => Ok(None),
         }
     };
@@ -483,6 +565,12 @@ fn resolve(
         ));
     }
 
+    for (name, service) in [
+        ("evi-be", &services.evi_be),
+        ("evi-worker", &services.evi_worker),
+    ] {
+        check_replicas_fit(origin, name, service.as_ref(), network_subnet)?;
+    }
     let settings = Settings {
         state_dir,
         network,
@@ -545,6 +633,79 @@ pub fn check_fits_host(settings: &Settings, host_memory: u64) -> Result<(), Sett
     Ok(())
 }
 
+/// Every replica has two fixed addresses below evi-net's dynamic range
+/// (`addressing.rs`); refuses a count that does not fit the subnet.
+fn check_replicas_fit(
+    origin: &str,
+    name: &str,
+    service: Option<&Service>,
+    subnet: Ipv4Net,
+) -> Result<(), SettingsError> {
+    let Some(service) = service else {
+        return Ok(());
+    };
+    let slot = crate::model::CLIENT_SERVICES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, slot)| *slot);
+    let room = crate::addressing::max_replicas(subnet, slot);
+    if service.replicas > room {
+        return Err(SettingsError::new(
+            origin,
+            Some(&format!("services.{name}.replicas")),
+            format!(
+                "{} replicas of {name} do not fit the fixed addresses of network_subnet {subnet} (room for {room})",
+                service.replicas
+            ),
+            format!("lower `replicas` to {room} or less, or set a larger `network_subnet`"),
+        ));
+    }
+    Ok(())
+}
+
+/// Environment names as a shell writes them; `VALKEY_URL` is the secret's.
+fn check_env(
+    origin: &str,
+    service: &str,
+    env: BTreeMap<String, EnvValue>,
+) -> Result<BTreeMap<String, String>, SettingsError> {
+    let mut out = BTreeMap::new();
+    for (name, EnvValue(value)) in env {
+        let key = format!("services.{service}.env.{name}");
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(SettingsError::new(
+                origin,
+                Some(&key),
+                format!("`{name}` is not an environment variable name"),
+                "use letters, digits and `_`, not starting with a digit",
+            ));
+        }
+        if name == crate::model::URL_ENV {
+            return Err(SettingsError::new(
+                origin,
+                Some(&key),
+                "VALKEY_URL is set by evi-install from the password secret",
+                format!("remove `{key}`"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(SettingsError::new(
+                origin,
+                Some(&key),
+                "the value contains a NUL byte",
+                "remove it",
+            ));
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
 fn check_image(origin: &str, service: &str, image: &str) -> Result<(), SettingsError> {
     if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
         return Err(SettingsError::new(
@@ -576,6 +737,21 @@ impl Settings {
             Some(path) => format!("built-in defaults and {}", path.display()),
             None => "built-in defaults".to_string(),
         }
+    }
+
+    /// Every client container the settings ask for, replica by replica:
+    /// `evi-be`, `evi-be-2`, ..., `evi-worker`, `evi-worker-2`, ...
+    pub fn client_names(&self) -> Vec<String> {
+        [
+            (crate::model::BACKEND_CONTAINER, &self.services.evi_be),
+            (crate::model::WORKER_CONTAINER, &self.services.evi_worker),
+        ]
+        .into_iter()
+        .flat_map(|(name, service)| {
+            let n = service.as_ref().map_or(0, |s| s.replicas);
+            (1..=n).map(move |r| crate::model::replica_name(name, r))
+        })
+        .collect()
     }
 
     /// The evi-be service, or an error saying how to set it: `up` needs it.
@@ -633,7 +809,9 @@ mod tests {
             s.services.evi_be,
             Some(Service {
                 image: "app:1".into(),
-                command: vec!["run".into()]
+                command: vec!["run".into()],
+                replicas: 1,
+                env: BTreeMap::new(),
             })
         );
         let s = from_yaml(
@@ -717,6 +895,51 @@ mod tests {
         let s = parse("valkey: { maxmemory: 2gb }").unwrap();
         assert!(check_fits_host(&s, 1 << 30).is_err());
         assert!(check_fits_host(&s, 4 << 30).is_ok());
+    }
+
+    #[test]
+    fn replicas_and_env() {
+        let s = parse(
+            "services:\n  evi-be: { image: app }\n  evi-worker: { image: app, replicas: 3, env: { EVI_WORK_MS: 100, MODE: fast, ON: true } }\n",
+        )
+        .unwrap();
+        assert_eq!(s.services.evi_be.as_ref().unwrap().replicas, 1);
+        let worker = s.services.evi_worker.unwrap();
+        assert_eq!(worker.replicas, 3);
+        assert_eq!(
+            worker.env,
+            BTreeMap::from([
+                ("EVI_WORK_MS".to_string(), "100".to_string()),
+                ("MODE".to_string(), "fast".to_string()),
+                ("ON".to_string(), "true".to_string()),
+            ])
+        );
+        let cases = [
+            ("evi-worker: { image: app, replicas: 0 }", "services.evi-worker.replicas", "0 replicas"),
+            ("evi-worker: { image: app, replicas: -1 }", "services.evi-worker.replicas", "wrong type"),
+            ("evi-worker: { replicas: 2 }", "services.evi-worker.replicas", "no image"),
+            ("evi-state: { replicas: 2 }", "services.evi-state.replicas", "exactly one"),
+            ("evi-be: { image: app, env: { VALKEY_URL: x } }", "services.evi-be.env.VALKEY_URL", "password secret"),
+            ("evi-be: { image: app, env: { 1X: x } }", "services.evi-be.env.1X", "not an environment variable name"),
+            ("evi-be: { image: app, env: { X: [1] } }", "services.evi-be.env.X", "string, number or boolean"),
+            ("evi-be: { image: app, replicas: 31 }", "services.evi-be.replicas", "31 replicas of evi-be do not fit the fixed addresses of network_subnet 10.90.213.0/24 (room for 30)"),
+        ];
+        for (yaml, key, problem) in cases {
+            let e = parse(&format!("services:\n  {yaml}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{yaml}: {e}");
+            assert!(e.problem.contains(problem), "{yaml}: {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let e = parse(
+            "network_subnet: 10.1.2.64/26\nservices:\n  evi-worker: { image: app, replicas: 6 }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "evi.yaml: `services.evi-worker.replicas`: 6 replicas of evi-worker do not fit the fixed addresses of \
+             network_subnet 10.1.2.64/26 (room for 5); lower `replicas` to 5 or less, or set a larger `network_subnet`"
+        );
+        assert!(parse("services:\n  evi-be: { image: app, replicas: 30 }\n  evi-worker: { image: app, replicas: 29 }\n").is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::model::{successor_name, BACKEND_CONTAINER, STATE_CONTAINER, WORKER_CONTAINER};
+use crate::model::{replica_of, STATE_CONTAINER};
 
 /// evi-state: long enough for Valkey to finish writing its AOF on SIGTERM.
 pub const STATE_STOP_SECS: u64 = 30;
@@ -23,10 +23,11 @@ pub const JOB_RUN: Duration = Duration::from_secs(60);
 
 /// The seconds `podman stop` waits before SIGKILL for the container `name`.
 pub fn stop_secs_for(name: &str) -> u64 {
-    let client = |c: &str| name == c || name == successor_name(c);
+    // Every replica and its successor: a worker finishes its batch.
+    let client = replica_of(name.strip_suffix("-next").unwrap_or(name)).is_some();
     if name == STATE_CONTAINER {
         STATE_STOP_SECS
-    } else if client(BACKEND_CONTAINER) || client(WORKER_CONTAINER) {
+    } else if client {
         CLIENT_STOP_SECS
     } else {
         HELPER_STOP_SECS
@@ -60,6 +61,8 @@ mod tests {
         assert_eq!(stop_secs_for("evi-state"), 30, "Valkey's AOF gets its time");
         assert_eq!(stop_secs_for("evi-be-next"), CLIENT_STOP_SECS);
         assert_eq!(stop_secs_for("evi-worker-next"), CLIENT_STOP_SECS);
+        assert_eq!(stop_secs_for("evi-worker-3"), CLIENT_STOP_SECS);
+        assert_eq!(stop_secs_for("evi-be-2-next"), CLIENT_STOP_SECS);
         assert_eq!(stop_secs_for("evi-rotate"), HELPER_STOP_SECS);
         assert_eq!(stop_secs_for("evi-probe-be"), HELPER_STOP_SECS);
     }

@@ -27,25 +27,25 @@ fn client_site() -> Site {
     site
 }
 
-fn test_client_image() -> String {
+pub(crate) fn test_client_image() -> String {
     std::env::var("EVI_TEST_CLIENT_IMAGE").unwrap_or_else(|_| {
         panic!("EVI_TEST_CLIENT_IMAGE is not set: run the tests with `scripts/test.sh`, which builds the client image")
     })
 }
 
 /// The stats lines a container printed so far.
-fn stats_lines(name: &str) -> Vec<serde_json::Value> {
+pub(crate) fn stats_lines(name: &str) -> Vec<serde_json::Value> {
     parse_stats(&podman_ok(&["logs", name]))
 }
 
-fn parse_stats(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn parse_stats(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == "stats")
         .collect()
 }
 
-fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
+pub(crate) fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
     let mut v = v;
     for p in path {
         v = &v[*p];
@@ -55,7 +55,7 @@ fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
 }
 
 /// Follows a container's log until it is removed (its final stats line included).
-fn follow(name: &str) -> Child {
+pub(crate) fn follow(name: &str) -> Child {
     Command::new(podman_program())
         .args(["logs", "-f", name])
         .stdout(Stdio::piped())
@@ -64,7 +64,7 @@ fn follow(name: &str) -> Child {
         .unwrap()
 }
 
-fn collected(mut child: Child) -> Vec<serde_json::Value> {
+pub(crate) fn collected(mut child: Child) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -82,7 +82,7 @@ fn collected(mut child: Child) -> Vec<serde_json::Value> {
 }
 
 /// Waits until `name` reports a success no older than `CLIENT_PATIENCE`.
-fn assert_working_within_patience(name: &str) {
+pub(crate) fn assert_working_within_patience(name: &str) {
     let deadline = Instant::now() + CLIENT_PATIENCE + Duration::from_millis(1500);
     loop {
         let last = stats_lines(name).last().cloned();
@@ -100,7 +100,7 @@ fn assert_working_within_patience(name: &str) {
     }
 }
 
-fn group_state() -> (u64, Option<u64>) {
+pub(crate) fn group_state() -> (u64, Option<u64>) {
     let out = state_cli("xinfo groups stream:tasks:email");
     let lines: Vec<&str> = out.lines().collect();
     let field = |k: &str| {
@@ -114,7 +114,7 @@ fn group_state() -> (u64, Option<u64>) {
 }
 
 /// For each producer id, the `seq` numbers its acknowledged XADDs carried.
-fn seqs_by_producer() -> BTreeMap<String, Vec<u64>> {
+pub(crate) fn seqs_by_producer() -> BTreeMap<String, Vec<u64>> {
     let out = state_cli("xrange stream:tasks:email - +");
     let lines: Vec<&str> = out.lines().collect();
     let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();

@@ -13,5 +13,6 @@ mod hardening;
 mod kube_play;
 mod pressure;
 mod reboot;
+mod replicas;
 mod rotation;
 mod support;

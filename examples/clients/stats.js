@@ -203,14 +203,15 @@ class Stats {
 
 // SIGTERM/SIGINT: the main loop sees stopping() and ends after its current command, then
 // calls finish(). If a command hangs (an outage), a backstop ends the process anyway so
-// that a replaced container stops well inside its stop timeout.
-function installShutdown(stats, onStop) {
+// that a replaced container stops well inside its stop timeout. graceMs: how long the
+// current batch may take (a worker with EVI_WORK_MS finishes its batch before it stops).
+function installShutdown(stats, onStop, graceMs = 1500) {
   let stopping = false;
   const handler = () => {
     if (stopping) return;
     stopping = true;
     onStop();
-    setTimeout(() => finish(stats, null), 1500).unref();
+    setTimeout(() => finish(stats, null), graceMs).unref();
   };
   process.on('SIGTERM', handler);
   process.on('SIGINT', handler);

@@ -9,6 +9,10 @@ redis.from_url(os.environ["VALKEY_URL"]).
 
 Prints the same JSON lines as the Node programs (see stats.js), with "client":"worker-py".
 The password and VALKEY_URL never appear in the output.
+
+For tests, as worker.js: EVI_RECLAIM_IDLE_MS and EVI_RECLAIM_EVERY_MS (defaults: the guide's
+60000 and 30000), EVI_WORK_MS (processing time per task, default 0) and EVI_ACK_LOG=1 (XACK
+entry by entry, one {"event":"ack","id":...,"acked":0|1,"reclaimed":...} line for each).
 """
 
 import json
@@ -27,10 +31,20 @@ from redis.retry import Retry
 
 STREAM = "stream:tasks:email"
 GROUP = "workers"
-MIN_IDLE_MS = 60000  # the guide's reclaim window
-RECLAIM_EVERY_S = 30.0
+def env_ms(name, default):
+    try:
+        value = int(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+    return value if value >= 0 else default
+
+
+MIN_IDLE_MS = env_ms("EVI_RECLAIM_IDLE_MS", 60000)  # the guide's reclaim window
+RECLAIM_EVERY_S = env_ms("EVI_RECLAIM_EVERY_MS", 30000) / 1000.0
 COUNT = 10
-BLOCK_MS = int(os.environ.get("EVI_BLOCK_MS", "1000"))
+BLOCK_MS = env_ms("EVI_BLOCK_MS", 1000)
+WORK_S = env_ms("EVI_WORK_MS", 0) / 1000.0
+ACK_LOG = os.environ.get("EVI_ACK_LOG") == "1"
 CLIENT = "worker-py"
 
 AUTH_RE = re.compile(r"\b(NOAUTH|WRONGPASS)\b|invalid username-password|Authentication required")
@@ -91,6 +105,7 @@ class Stats:
         self.ok = 0
         self.acked = 0
         self.malformed = 0
+        self.reclaimed = 0
         self.errors = {"auth": 0, "conn": 0, "other": 0}
         self.last_ok = None
         self.max_gap = 0
@@ -139,7 +154,7 @@ class Stats:
                 "errors": dict(self.errors), "max_gap_ms": self.max_gap,
                 "gap_now_ms": t - (self.started if self.last_ok is None else self.last_ok),
                 "last_error": self.last_error, "uptime_ms": t - self.started,
-                "malformed": self.malformed,
+                "malformed": self.malformed, "reclaimed": self.reclaimed,
             }
             if final:
                 line["final"] = True
@@ -177,7 +192,8 @@ def main():
     )
 
     stats.emit({"event": "start", "client": CLIENT, "id": stats.id, "stream": STREAM,
-                "group": GROUP, "consumer": consumer})
+                "group": GROUP, "consumer": consumer, "reclaim_idle_ms": MIN_IDLE_MS,
+                "reclaim_every_ms": int(RECLAIM_EVERY_S * 1000)})
 
     def ticker():
         while not stop.wait(1.0):
@@ -188,7 +204,7 @@ def main():
     # Backstop: if a command hangs through an outage, end anyway soon after SIGTERM.
     def backstop():
         stop.wait()
-        time.sleep(1.5)
+        time.sleep(1.5 + COUNT * WORK_S)  # time for a whole batch: it is finished first
         stats.print(final=True)
         os._exit(0)
 
@@ -220,19 +236,31 @@ def main():
             with stats.lock:
                 stats.malformed += 1
 
-    def handle(entries):
+    def handle(entries, from_reclaim=False):
         ids = []
         for entry_id, fields in entries:
             if entry_id is None:  # an entry trimmed away while pending: nothing to do
                 continue
             process(fields)
+            if WORK_S > 0:
+                time.sleep(WORK_S)
             ids.append(entry_id)
         if not ids:
             return
-        ok, n = run("XACK", lambda: r.xack(STREAM, GROUP, *ids))
-        if ok:
+        if not ACK_LOG:
+            ok, n = run("XACK", lambda: r.xack(STREAM, GROUP, *ids))
+            if ok:
+                with stats.lock:
+                    stats.acked += int(n or 0)
+            return
+        for entry_id in ids:
+            ok, n = run("XACK", lambda: r.xack(STREAM, GROUP, entry_id))
+            if not ok:
+                return  # the rest stay pending: re-read after the error (check_own)
             with stats.lock:
                 stats.acked += int(n or 0)
+                stats.emit({"event": "ack", "client": CLIENT, "id": entry_id,
+                            "acked": int(n or 0), "reclaimed": from_reclaim})
 
     def reclaim():
         cursor = "0-0"
@@ -242,7 +270,10 @@ def main():
             if not ok or reply is None:
                 return False
             cursor = reply[0]
-            handle(reply[1] or [])
+            claimed = [e for e in (reply[1] or []) if e and e[0] is not None]
+            with stats.lock:
+                stats.reclaimed += len(claimed)
+            handle(claimed, from_reclaim=True)
             if cursor in ("0-0", b"0-0") or stop.is_set():
                 return True
 

@@ -69,28 +69,27 @@ async fn observe<E: crate::engine::Engine>(
     engine: &E,
     settings: &Settings,
 ) -> Result<crate::model::Observed> {
-    use crate::model::{
-        successor_name, BACKEND_CONTAINER, DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER,
-        STATE_CONTAINER, WORKER_CONTAINER,
-    };
-    let (be_next, worker_next) = (
-        successor_name(BACKEND_CONTAINER),
-        successor_name(WORKER_CONTAINER),
-    );
-    // With the leftovers of an interrupted run, which `down` removes.
-    let probes = format!("{PROBE_CONTAINER}*");
-    let names = [
-        STATE_CONTAINER,
-        BACKEND_CONTAINER,
-        WORKER_CONTAINER,
-        &be_next,
-        &worker_next,
-        JOB_CONTAINER,
-        &probes,
-    ];
+    use crate::model::{DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER, STATE_CONTAINER};
+    // Every replica and successor of each client, also those the settings no
+    // longer ask for (a scale-down removes them), and the leftovers of an
+    // interrupted run, which `down` removes.
+    let patterns: Vec<String> = crate::model::CLIENT_SERVICES
+        .iter()
+        .map(|(service, _)| format!("{service}*"))
+        .chain([format!("{PROBE_CONTAINER}*")])
+        .collect();
+    let mut names = vec![STATE_CONTAINER, JOB_CONTAINER];
+    names.extend(patterns.iter().map(String::as_str));
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
         .await?;
+    // The prefixes match more than our names (`evi-bench`, `evi-be-01`): keep only
+    // ours, so that someone else's container never enters a plan or its fingerprint.
+    observed.containers.retain(|name, _| {
+        name == STATE_CONTAINER
+            || crate::model::replica_of(name).is_some()
+            || crate::model::is_leftover(name)
+    });
     observed.config = crate::fsutil::read_optional(&settings.config_path())?;
     // Host routes count as used subnets, except evi-net's own bridge route.
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();

@@ -8,15 +8,13 @@ use super::{observe, Host};
 use crate::cli::RotateArgs;
 use crate::desired;
 use crate::exit;
-use crate::model::{Observed, BACKEND_CONTAINER, WORKER_CONTAINER};
+use crate::model::Observed;
 use crate::plan::plan;
 use crate::plan_view;
 use crate::render::valkey_conf;
 use crate::rotate::{execute, plan_rotation, Rotation, Specs};
 use crate::settings::Settings;
 use crate::ui::Ui;
-
-const CLIENTS: [&str; 2] = [BACKEND_CONTAINER, WORKER_CONTAINER];
 
 pub async fn run(settings: &Settings, ctx: &Host, args: &RotateArgs, ui: &Ui) -> Result<u8> {
     let conf = valkey_conf(settings)?;
@@ -61,7 +59,10 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &RotateArgs, ui: &Ui) ->
 /// Plans the rotation; a fresh one also needs the stack to match the settings,
 /// so that rotating never doubles as an unreviewed `up`.
 fn checked_rotation(settings: &Settings, conf: &str, observed: &Observed) -> Result<Rotation> {
-    let rotation = plan_rotation(observed, &CLIENTS)
+    // Every replica the settings ask for (a fresh rotation needs the host to match them).
+    let clients = settings.client_names();
+    let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
+    let rotation = plan_rotation(observed, &clients)
         .map_err(|e| anyhow!("cannot rotate the password: {e}"))?;
     if !rotation.resuming {
         let pending = plan(&desired::build(settings, conf, rotation.from), observed)?;

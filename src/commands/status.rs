@@ -218,11 +218,16 @@ async fn client_reach<E: Engine>(
     settings: &Settings,
     observed: &Observed,
 ) -> Vec<ClientReach> {
-    let clients: Vec<&ObservedContainer> = [BACKEND_CONTAINER, WORKER_CONTAINER]
-        .iter()
-        .filter_map(|name| observed.containers.get(*name))
+    // Every replica on the host, also one the settings no longer ask for:
+    // evi-be, evi-be-2, ..., evi-worker, evi-worker-2, ...
+    let mut clients: Vec<(&str, u32, &ObservedContainer)> = observed
+        .containers
+        .values()
         .filter(|c| c.running && c.owned())
+        .filter_map(|c| replica_of(&c.name).map(|(service, r)| (service, r, c)))
         .collect();
+    clients.sort_by_key(|(service, r, _)| (*service, *r));
+    let clients: Vec<&ObservedContainer> = clients.into_iter().map(|(_, _, c)| c).collect();
     let probes = clients.iter().map(|c| async move {
         let version = c
             .labels
@@ -460,6 +465,13 @@ fn text(report: &Report) -> String {
     }
     if !report.clients.is_empty() {
         out.push_str("\nClients (probed from inside each client's network namespace):\n");
+        let width = report
+            .clients
+            .iter()
+            .map(|c| c.client.len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         for c in &report.clients {
             let verdict = match &c.reach {
                 Reach::Ok => "reaches evi-state: PONG with its VALKEY_URL".to_string(),
@@ -470,7 +482,7 @@ fn text(report: &Report) -> String {
                     )
                 }
             };
-            out.push_str(&format!("  {:<10} {verdict}\n", c.client));
+            out.push_str(&format!("  {:<width$} {verdict}\n", c.client));
         }
     }
     for w in &report.warnings {

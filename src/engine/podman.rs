@@ -398,6 +398,9 @@ impl Engine for PodmanEngine {
         if !spec.hosts.is_empty() {
             b = b.hosts_add(spec.hosts.clone());
         }
+        if !spec.env.is_empty() {
+            b = b.env(spec.env.clone());
+        }
         if !spec.command.is_empty() {
             b = b.command(&spec.command);
         }
