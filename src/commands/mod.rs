@@ -1,7 +1,9 @@
 //! One module per command; `run` dispatches.
 
+mod backup;
 mod down;
 mod render;
+mod restore;
 mod rotate;
 mod status;
 mod up;
@@ -32,6 +34,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::RotateSecret(args) => {
             runtime()?.block_on(rotate::run(&settings, &ctx, &args, &ui))
         }
+        Command::Backup(args) => runtime()?.block_on(backup::run(&settings, &ctx, &args, &ui)),
+        Command::Restore(args) => runtime()?.block_on(restore::run(&settings, &ctx, &args, &ui)),
     }
 }
 
