@@ -51,14 +51,25 @@ fn corrupted(path: &Path, why: &str) -> anyhow::Error {
 
 /// Reads the manifest, the archive's first entry.
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    // A zstd frame that fails to decode is a damaged archive; anything
+    // else is not one of ours at all.
+    let mut magic = [0u8; 4];
+    let zstd = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x28, 0xb5, 0x2f, 0xfd];
+    if !zstd {
+        open(path)?;
+        return Err(not_archive(path, "it is not zstd-compressed"));
+    }
     let mut archive = open(path)?;
     let mut entries = archive
         .entries()
-        .map_err(|e| not_archive(path, &e.to_string()))?;
+        .map_err(|e| corrupted(path, &e.to_string()))?;
     let mut entry = match entries.next() {
         Some(Ok(entry)) => entry,
-        Some(Err(e)) => return Err(not_archive(path, &e.to_string())),
-        None => return Err(not_archive(path, "it is empty")),
+        Some(Err(e)) => return Err(corrupted(path, &e.to_string())),
+        None => return Err(corrupted(path, "it holds nothing")),
     };
     let name = entry
         .path()
@@ -70,7 +81,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let mut bytes = Vec::new();
     entry
         .read_to_end(&mut bytes)
-        .map_err(|e| not_archive(path, &e.to_string()))?;
+        .map_err(|e| corrupted(path, &e.to_string()))?;
     Manifest::from_json(&bytes).map_err(|e| {
         if e.to_string().contains("newer than") {
             anyhow!("{}: {e:#}", path.display())
@@ -214,7 +225,9 @@ impl ArchiveWriter {
                 )
             })?;
         let (file, tmp_path) = tmp.into_parts();
-        let encoder = zstd::Encoder::new(BufWriter::with_capacity(CHUNK, file), ZSTD_LEVEL)?;
+        let mut encoder = zstd::Encoder::new(BufWriter::with_capacity(CHUNK, file), ZSTD_LEVEL)?;
+        // A damaged frame then fails to decode instead of yielding other bytes.
+        encoder.include_checksum(true)?;
         let mut builder = tar::Builder::new(encoder);
         let json = serde_json::to_vec_pretty(manifest)?;
         let mut header = tar::Header::new_gnu();
