@@ -435,7 +435,8 @@ fn a_sigkill_of_restore_after_any_step_leaves_the_old_or_the_restored_data() {
     for (i, step) in steps.iter().enumerate() {
         reset_host();
         let site = Site::new("");
-        assert_eq!(site.up(&[]).code, 0);
+        let up = site.up(&[]);
+        assert_eq!(up.code, 0, "{step}: {}", up.all());
         seed();
         let restored = dump();
         let file = site.dir.path().join("a.tar.zst");
