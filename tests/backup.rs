@@ -206,10 +206,7 @@ fn the_guides_data_survives_backup_purge_up_and_restore() {
         after.contains("cache:db:settings hash ttl=yes"),
         "TTL keys have a TTL again"
     );
-    assert_eq!(
-        state_cli("ttl cache:db:settings").parse::<i64>().unwrap() > 3000,
-        true
-    );
+    assert!(state_cli("ttl cache:db:settings").parse::<i64>().unwrap() > 3000);
     // A worker reclaims the pending entry, as the guide's workers do on start.
     let pending: Vec<String> = before
         .lines()
