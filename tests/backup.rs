@@ -253,8 +253,9 @@ fn the_guides_data_survives_backup_purge_up_and_restore() {
     );
 }
 
-/// A copy of `good` with the manifest's format version set to `version`.
-fn with_format(good: &Path, version: u64, dest: &Path) {
+/// A copy of `good` whose manifest `edit` changed (the data files, and so
+/// their checksums, stay as they are).
+fn edit_manifest(good: &Path, dest: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let (_, plain) = archive_bytes(good);
     let mut src = tar::Archive::new(plain.as_slice());
     let mut out = tar::Builder::new(Vec::new());
@@ -264,7 +265,7 @@ fn with_format(good: &Path, version: u64, dest: &Path) {
         entry.read_to_end(&mut bytes).unwrap();
         if i == 0 {
             let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            m["format_version"] = version.into();
+            edit(&mut m);
             bytes = serde_json::to_vec(&m).unwrap();
         }
         let mut header = entry.header().clone();
@@ -274,6 +275,85 @@ fn with_format(good: &Path, version: u64, dest: &Path) {
     }
     let tar = out.into_inner().unwrap();
     std::fs::write(dest, zstd::encode_all(tar.as_slice(), 1).unwrap()).unwrap();
+}
+
+fn with_format(good: &Path, version: u64, dest: &Path) {
+    edit_manifest(good, dest, |m| m["format_version"] = version.into());
+}
+
+/// What is in evi-state's data volume (names only), as root sees it.
+fn volume_listing() -> String {
+    let mount = podman_ok(&[
+        "volume",
+        "inspect",
+        "evi-state-data",
+        "--format",
+        "{{.Mountpoint}}",
+    ]);
+    let out = std::process::Command::new("ls")
+        .args(["-A", mount.trim()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
+    let _lock = host_lock();
+    reset_host();
+    let site = Site::new("");
+    assert_eq!(site.up(&[]).code, 0);
+    seed();
+    let good = site.dir.path().join("good.tar.zst");
+    assert_eq!(
+        site.evi()
+            .args(["backup", "--out"])
+            .args([&good])
+            .run()
+            .code,
+        0
+    );
+    state_cli("set op:after-backup 1");
+    let old = dump();
+    // The data files are intact (their checksums match), but the manifest
+    // says the email queue holds 99 entries: what loads is not what it promises.
+    let lying = site.dir.path().join("lying.tar.zst");
+    edit_manifest(&good, &lying, |m| {
+        m["summary"]["streams"]["stream:tasks:email"]["length"] = 99.into();
+    });
+    let verify = site.evi().args(["backup", "--verify"]).args([&lying]).run();
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("NOT verified")
+            && verify
+                .stdout
+                .contains("stream stream:tasks:email: 3 entries"),
+        "{}",
+        verify.stdout
+    );
+
+    let out = site.evi().args(["restore", "--yes"]).args([&lying]).run();
+    println!("{}", out.all());
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("restore failed: the restored data differs from the manifest: stream stream:tasks:email: 3 entries"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .ends_with("the previous data is back in place and evi-state runs on it\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(dump(), old, "the data from before the restore is back");
+    assert!(
+        !volume_listing().contains(".evi-restore"),
+        "no roll-back copy left: {}",
+        volume_listing()
+    );
+    assert_eq!(
+        site.up(&["--dry-run", "--detailed-exitcode"]).code,
+        0,
+        "converged"
+    );
 }
 
 #[test]

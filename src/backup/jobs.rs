@@ -266,5 +266,15 @@ mod tests {
         assert!(spec.network.is_empty() && spec.network_of.is_none());
         assert_eq!(spec.command, ["sh", "-c", "echo", "sh", "a"]);
         assert!(is_owned(&spec.labels));
+        // One left by a killed run is removed by `down`.
+        for name in [
+            HELPER_CONTAINER,
+            CHECK_CONTAINER,
+            "evi-backup-42",
+            "evi-verify-42",
+        ] {
+            assert!(is_leftover(name), "{name}");
+        }
+        assert!(!is_leftover("evi-state"));
     }
 }

@@ -81,6 +81,7 @@ async fn observe<E: crate::engine::Engine>(
     );
     // With the leftovers of an interrupted run, which `down` removes.
     let probes = format!("{PROBE_CONTAINER}*");
+    let helpers = crate::model::BACKUP_HELPERS.map(|p| format!("{p}*"));
     let names = [
         STATE_CONTAINER,
         BACKEND_CONTAINER,
@@ -89,6 +90,9 @@ async fn observe<E: crate::engine::Engine>(
         &worker_next,
         JOB_CONTAINER,
         &probes,
+        &helpers[0],
+        &helpers[1],
+        &helpers[2],
     ];
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
