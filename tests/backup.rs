@@ -118,6 +118,12 @@ fn manifest_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// `backup --out path`, which must succeed.
+fn backup_to(site: &Site, path: &Path) {
+    let out = site.evi().args(["backup", "--out"]).args([path]).run();
+    assert_eq!(out.code, 0, "backup: {}", out.all());
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -305,14 +311,7 @@ fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
     assert_eq!(site.up(&[]).code, 0);
     seed();
     let good = site.dir.path().join("good.tar.zst");
-    assert_eq!(
-        site.evi()
-            .args(["backup", "--out"])
-            .args([&good])
-            .run()
-            .code,
-        0
-    );
+    backup_to(&site, &good);
     state_cli("set op:after-backup 1");
     let old = dump();
     // The data files are intact (their checksums match), but the manifest
@@ -364,14 +363,7 @@ fn damaged_archives_and_a_missing_evi_state_fail_clearly_and_change_nothing() {
     assert_eq!(site.up(&[]).code, 0);
     seed();
     let good = site.dir.path().join("good.tar.zst");
-    assert_eq!(
-        site.evi()
-            .args(["backup", "--out"])
-            .args([&good])
-            .run()
-            .code,
-        0
-    );
+    backup_to(&site, &good);
     let bytes = std::fs::read(&good).unwrap();
     let bad = site.dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
@@ -517,14 +509,7 @@ fn a_sigkill_of_restore_after_any_step_leaves_the_old_or_the_restored_data() {
         seed();
         let restored = dump();
         let file = site.dir.path().join("a.tar.zst");
-        assert_eq!(
-            site.evi()
-                .args(["backup", "--out"])
-                .args([&file])
-                .run()
-                .code,
-            0
-        );
+        backup_to(&site, &file);
         // The data moves on after the backup.
         state_cli("xadd stream:tasks:email '*' type later");
         state_cli("set op:after-backup 1");
