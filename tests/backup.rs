@@ -338,7 +338,7 @@ fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
     assert!(out.stderr.contains("restore failed: the restored data differs from the manifest: stream stream:tasks:email: 3 entries"), "{}", out.stderr);
     assert!(
         out.stderr
-            .ends_with("the previous data is back in place and evi-state runs on it\n"),
+            .ends_with("evi-state was not stopped and keeps its data\n"),
         "{}",
         out.stderr
     );
@@ -494,9 +494,9 @@ fn a_sigkill_of_restore_after_any_step_leaves_the_old_or_the_restored_data() {
     let steps = [
         "prepare",
         "stage",
+        "check",
         "stop-state",
         "swap",
-        "check",
         "start-state",
         "verify-live",
         "finish",

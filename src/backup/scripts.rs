@@ -157,15 +157,17 @@ echo evi-done
 }
 
 /// `restore`'s check: evi-state's image, valkey.conf, volume and user, on no
-/// network and with no password, loads the swapped-in data exactly as
-/// evi-state will, and prints the summary.
+/// network and with no password, loads the staged files (argument: their
+/// directory, in place of valkey.conf's `dir`) as evi-state will load them
+/// once swapped in, and prints the summary.
 pub fn check_job(conf: &str) -> String {
     with_functions(&format!(
-        r#"set --
+        r#"dir=$1
+set --
 if [ "$(id -u)" = 0 ] && id valkey >/dev/null 2>&1 && command -v setpriv >/dev/null; then
   set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
 fi
-"$@" valkey-server {conf} {THROWAWAY_OPTS} || fail "valkey-server did not start"
+"$@" valkey-server {conf} --dir "$dir" {THROWAWAY_OPTS} || fail "valkey-server did not start"
 wait_loaded || fail "the restored data did not load"
 cli INFO persistence | tr -d '\r' | grep '^aof_enabled:' | sed 's/^/evi-/'
 isolated || fail "cannot summarise the data"

@@ -7,10 +7,11 @@
 //!    stopped) or discarded (evi-state running: its data is the current one);
 //! 2. `stage`: the archive's files go into the volume under `.evi-restore/`,
 //!    checked there against their sha256 and given to the server's user;
-//! 3. `stop-state`: evi-state stops gracefully (its AOF is complete);
-//! 4. `swap`: the current data moves to the roll-back copy, the new data in;
-//! 5. `check`: a server with evi-state's image, valkey.conf, volume and user,
-//!    on no network, loads it; its data must equal the manifest's;
+//! 3. `check`: a server with evi-state's image, valkey.conf, volume and user,
+//!    on no network, loads the staged files while evi-state still serves; its
+//!    data must equal the manifest's (a failure here changes nothing);
+//! 4. `stop-state`: evi-state stops gracefully (its AOF is complete);
+//! 5. `swap`: the current data moves to the roll-back copy, the new data in;
 //! 6. `start-state`: evi-state starts and answers an authenticated PING;
 //! 7. `verify-live`: its data must hold every stream and group of the archive;
 //! 8. `finish`: the roll-back copy is deleted.
@@ -36,6 +37,9 @@ use crate::model::*;
 use crate::render::{effective_hash, valkey_conf};
 use crate::settings::Settings;
 use crate::ui::Ui;
+
+/// Where `stage` leaves the checked files, in evi-state's volume.
+const STAGED_DIR: &str = "/data/.evi-restore/incoming";
 
 pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) -> Result<u8> {
     let started = Instant::now();
@@ -151,40 +155,25 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
     engine.remove_container(HELPER_CONTAINER, 1).await?;
     staged?;
     step("stage", t);
-    crate::interrupt::check(&["prepare".into(), "stage".into()], &["stop-state".into()])?;
+    crate::interrupt::check(&["prepare".into(), "stage".into()], &["check".into()])?;
 
-    // 3.-4. Stop evi-state and swap the data. From here on evi-state is down
-    // until step 6; clients get connection errors and retry.
-    let down = Instant::now();
+    // 3. The check server, on the staged files, while evi-state still serves.
     let t = Instant::now();
-    engine
-        .stop_container(STATE_CONTAINER, crate::timeouts::STATE_STOP_SECS)
-        .await?;
-    step("stop-state", t);
-    let t = Instant::now();
-    if let Err(e) = jobs::run_helper(&engine, &helper("swap")).await {
-        return Err(roll_back(&engine, &helper("rollback"), args.ready_timeout, e).await);
-    }
-    step("swap", t);
-
-    let ready = Duration::from_secs(args.ready_timeout);
-    let verified = async {
-        // 5. The check server.
-        let t = Instant::now();
-        let check = jobs::throwaway(
-            jobs::CHECK_CONTAINER,
-            &image,
-            &scripts::check_job(CONF_IN_CONTAINER),
-            &[],
-            vec![
-                Mount::Bind {
-                    source: settings.config_path(),
-                    target: CONF_IN_CONTAINER.into(),
-                    read_only: true,
-                },
-                jobs::data_volume(),
-            ],
-        );
+    let check = jobs::throwaway(
+        jobs::CHECK_CONTAINER,
+        &image,
+        &scripts::check_job(CONF_IN_CONTAINER),
+        &[STAGED_DIR],
+        vec![
+            Mount::Bind {
+                source: settings.config_path(),
+                target: CONF_IN_CONTAINER.into(),
+                read_only: true,
+            },
+            jobs::data_volume(),
+        ],
+    );
+    let checked = async {
         jobs::create(&engine, &check).await?;
         let ran = jobs::run_to_end(&engine, jobs::CHECK_CONTAINER, jobs::JOB_LIMIT).await;
         engine.remove_container(jobs::CHECK_CONTAINER, 1).await?;
@@ -204,7 +193,39 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
                 c.differences.join("; ")
             );
         }
-        step("check", t);
+        Ok(c.notes)
+    }
+    .await;
+    let notes = match checked {
+        Ok(notes) => notes,
+        Err(e) => {
+            // Nothing was swapped: drop the staged files; evi-state kept serving.
+            let _ = jobs::run_helper(&engine, &helper("discard")).await;
+            bail!("restore failed: {e:#}; evi-state was not stopped and keeps its data");
+        }
+    };
+    step("check", t);
+    crate::interrupt::check(
+        &["prepare".into(), "stage".into(), "check".into()],
+        &["stop-state".into()],
+    )?;
+
+    // 4.-5. Stop evi-state and swap the data. From here on evi-state is down
+    // until step 6; clients get connection errors and retry.
+    let down = Instant::now();
+    let t = Instant::now();
+    engine
+        .stop_container(STATE_CONTAINER, crate::timeouts::STATE_STOP_SECS)
+        .await?;
+    step("stop-state", t);
+    let t = Instant::now();
+    if let Err(e) = jobs::run_helper(&engine, &helper("swap")).await {
+        return Err(roll_back(&engine, &helper("rollback"), args.ready_timeout, e).await);
+    }
+    step("swap", t);
+
+    let ready = Duration::from_secs(args.ready_timeout);
+    let verified = async {
         // 6. evi-state on the restored data.
         let t = Instant::now();
         engine.start_container(STATE_CONTAINER).await?;
@@ -221,10 +242,10 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
             );
         }
         step("verify-live", t);
-        Ok::<_, anyhow::Error>((c.notes, gap))
+        Ok::<_, anyhow::Error>(gap)
     }
     .await;
-    let (notes, gap) = match verified {
+    let gap = match verified {
         Ok(v) => v,
         Err(e) => return Err(roll_back(&engine, &helper("rollback"), args.ready_timeout, e).await),
     };
@@ -297,9 +318,9 @@ fn plan_text(file: &Path, m: &Manifest, live: Option<&Summary>, fingerprint: &st
     }
     text.push_str(
         "\n  1. stage its files in the volume evi-state-data (their checksums are checked there)\n\
-         \x20 2. stop evi-state (gracefully, up to 30 s): clients get connection errors and retry\n\
-         \x20 3. swap the data in; the current data is kept as a roll-back copy\n\
-         \x20 4. load it in a check server on no network and compare it with the manifest\n\
+         \x20 2. load them in a check server on no network and compare with the manifest (evi-state keeps serving)\n\
+         \x20 3. stop evi-state (gracefully, up to 30 s): clients get connection errors and retry\n\
+         \x20 4. swap the data in; the current data is kept as a roll-back copy\n\
          \x20 5. start evi-state and check its data again; on any mismatch the roll-back copy goes back\n\n",
     );
     let archive_lines = m.summary.lines();
