@@ -80,8 +80,20 @@ pub async fn run_to_end<E: Engine>(
 ) -> Result<(i64, String)> {
     engine.start_container(name).await?;
     let mut poll = Poll::new(limit);
+    let mut failures = 0;
     loop {
-        match engine.container_state(name).await? {
+        // Podman 4.3 can fail to inspect a container in the instant it exits
+        // (`read /proc/PID/cgroup: no such process`): ask again.
+        let state = match engine.container_state(name).await {
+            Ok(state) => state,
+            Err(e) if failures < 5 && format!("{e:#}").contains("no such process") => {
+                failures += 1;
+                poll.pause().await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match state {
             Some((state, code)) if has_stopped(&state) => {
                 let logs = engine.logs(name, 1_000_000).await?;
                 return Ok((code, logs));
