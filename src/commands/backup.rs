@@ -127,22 +127,34 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         // 3. The AOF directory comes out of the throwaway into the archive.
         let t = Instant::now();
         let bar = progress(ui, manifest.data_size(), "writing the archive");
-        let mut writer = ArchiveWriter::new(&dest_dir, &manifest)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let files = manifest.files.clone();
-        let bar2 = bar.clone();
-        let write = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter> {
-            writer.append_tar(ChannelReader::new(rx), &files, |n| bar2.set_position(n))?;
-            Ok(writer)
-        });
-        let copied = engine
-            .copy_out(&name, &format!("/work/{aof_dir}"), tx)
-            .await;
-        let writer = write
-            .await
-            .map_err(|e| anyhow!("writing the archive stopped: {e}"))?;
-        copied?;
-        let size = writer?.persist(&dest)?;
+        // Podman 4.3 has been seen to answer the first archive request for
+        // a container that has just exited with an empty tar: ask again.
+        let mut attempt = 0;
+        let size = loop {
+            attempt += 1;
+            let mut writer = ArchiveWriter::new(&dest_dir, &manifest)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let files = manifest.files.clone();
+            let bar2 = bar.clone();
+            let write = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter> {
+                writer.append_tar(ChannelReader::new(rx), &files, |n| bar2.set_position(n))?;
+                Ok(writer)
+            });
+            let copied = engine
+                .copy_out(&name, &format!("/work/{aof_dir}"), tx)
+                .await;
+            let writer = write
+                .await
+                .map_err(|e| anyhow!("writing the archive stopped: {e}"))?;
+            copied?;
+            match writer {
+                Ok(writer) => break writer.persist(&dest)?,
+                Err(e) if attempt < 3 && format!("{e:#}").contains("did not come out") => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         bar.finish_and_clear();
         ui.info(&format!(
             "  archive written in {:.1}s",
