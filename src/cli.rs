@@ -109,6 +109,12 @@ pub enum Command {
     /// Write the same stack as manifests for another platform, without touching the host
     #[command(subcommand)]
     Export(ExportTarget),
+    /// Write a verified archive of evi-state's data (or, with --verify, check one)
+    #[command(after_help = BACKUP_EXAMPLES)]
+    Backup(BackupArgs),
+    /// Replace evi-state's data with an archive's, verified, rolled back on any mismatch
+    #[command(after_help = RESTORE_EXAMPLES)]
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +151,55 @@ pub struct KubernetesArgs {
     /// Numeric user and group of the evi-state image's `valkey` user (the official image's is 999:999)
     #[arg(long, value_name = "UID:GID", default_value = "999:999")]
     pub valkey_user: String,
+}
+
+const BACKUP_EXAMPLES: &str = "\
+Examples:
+  evi-install backup                      Archive under STATE_DIR/backups/ (UTC timestamp name)
+  evi-install backup --out evi.tar.zst    Archive to that file
+  evi-install backup --keep 7             Then keep only the 7 newest default-named archives
+  evi-install backup --verify FILE        Load FILE in a throwaway server and compare with its manifest
+
+Exit codes: 0 written (or verified), 1 error (or, with --verify, not verified).";
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Write the archive to FILE [default: STATE_DIR/backups/evi-state-<UTC time>.tar.zst]
+    #[arg(long, value_name = "FILE", conflicts_with = "verify")]
+    pub out: Option<std::path::PathBuf>,
+
+    /// After a backup, keep only the N newest default-named archives in STATE_DIR/backups
+    #[arg(long, value_name = "N", conflicts_with = "verify")]
+    pub keep: Option<usize>,
+
+    /// Check an archive instead: load it into a throwaway server on no network and compare with its manifest
+    #[arg(long, value_name = "FILE")]
+    pub verify: Option<std::path::PathBuf>,
+}
+
+const RESTORE_EXAMPLES: &str = "\
+Examples:
+  evi-install restore FILE --dry-run      Show what would be replaced, change nothing
+  evi-install restore FILE                Ask, then restore
+  evi-install restore FILE --yes          Restore without asking (required without a terminal)";
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// An archive written by `evi-install backup`
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Show the plan and the archive against the live data; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Seconds to wait for the restored evi-state to answer an authenticated PING
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub ready_timeout: u64,
 }
 
 const STATUS_EXAMPLES: &str = "\

@@ -5,6 +5,7 @@
 
 mod addressing;
 mod apply;
+mod backup;
 mod boot;
 mod cli;
 mod commands;

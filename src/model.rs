@@ -76,7 +76,13 @@ pub fn is_leftover(name: &str) -> bool {
         .is_some_and(|client| replica_of(client).is_some())
         || name == JOB_CONTAINER
         || name.starts_with(PROBE_CONTAINER)
+        || BACKUP_HELPERS.iter().any(|p| name.starts_with(p))
 }
+
+/// The prefixes of the containers `backup` and `restore` run (throwaway
+/// servers and the restore helper); one left by a killed run mounts the
+/// data volume, so `down` removes it.
+pub const BACKUP_HELPERS: [&str; 3] = ["evi-restore", "evi-backup-", "evi-verify-"];
 
 /// Where evi-state finds its config and its password inside the container.
 pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";

@@ -4,6 +4,7 @@
 //! service and the local Valkey image that `scripts/test.sh` provides; without
 //! them those tests fail loudly, naming the command to run.
 
+mod backup;
 mod catalogue;
 mod cli;
 mod clients;

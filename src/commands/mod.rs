@@ -1,8 +1,10 @@
 //! One module per command; `run` dispatches.
 
+mod backup;
 mod down;
 mod export;
 mod render;
+mod restore;
 mod rotate;
 mod status;
 mod up;
@@ -34,6 +36,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             runtime()?.block_on(rotate::run(&settings, &ctx, &args, &ui))
         }
         Command::Export(target) => export::run(&settings, &target, &ui),
+        Command::Backup(args) => runtime()?.block_on(backup::run(&settings, &ctx, &args, &ui)),
+        Command::Restore(args) => runtime()?.block_on(restore::run(&settings, &ctx, &args, &ui)),
     }
 }
 
@@ -72,11 +76,12 @@ async fn observe<E: crate::engine::Engine>(
     use crate::model::{DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER, STATE_CONTAINER};
     // Every replica and successor of each client, also those the settings no
     // longer ask for (a scale-down removes them), and the leftovers of an
-    // interrupted run, which `down` removes.
+    // interrupted run (probes, backup and restore helpers), which `down` removes.
     let patterns: Vec<String> = crate::model::CLIENT_SERVICES
         .iter()
         .map(|(service, _)| format!("{service}*"))
         .chain([format!("{PROBE_CONTAINER}*")])
+        .chain(crate::model::BACKUP_HELPERS.map(|p| format!("{p}*")))
         .collect();
     let mut names = vec![STATE_CONTAINER, JOB_CONTAINER];
     names.extend(patterns.iter().map(String::as_str));

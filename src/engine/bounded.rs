@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-use super::{Engine, ExecOutput};
+use super::{ChunkSource, Chunks, Engine, ExecOutput};
 use std::net::Ipv4Addr;
 
 use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
@@ -24,6 +24,8 @@ pub const EXEC: Duration = Duration::from_secs(30);
 pub const REMOVE_VOLUME: Duration = Duration::from_secs(120);
 /// Pulling an image from a registry.
 pub const PULL: Duration = Duration::from_secs(600);
+/// Copying a data set into or out of a container: sized for a few GB on a slow disk.
+pub const COPY: Duration = Duration::from_secs(1800);
 /// Added to a container's stop timeout: the stop itself, then the removal.
 pub const REMOVE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -236,6 +238,33 @@ impl<E: Engine> Engine for Bounded<E> {
         )
         .await
     }
+
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>> {
+        bound(
+            REQUEST,
+            || format!("inspect volume {name}"),
+            self.inner.volume_mountpoint(name),
+        )
+        .await
+    }
+
+    async fn copy_out(&self, container: &str, path: &str, sink: Chunks) -> Result<()> {
+        bound(
+            COPY,
+            || format!("copy {path} out of {container}"),
+            self.inner.copy_out(container, path, sink),
+        )
+        .await
+    }
+
+    async fn copy_in(&self, container: &str, path: &str, source: ChunkSource) -> Result<()> {
+        bound(
+            COPY,
+            || format!("copy files into {container}:{path}"),
+            self.inner.copy_in(container, path, source),
+        )
+        .await
+    }
 }
 
 /// A removal first stops the container, which may take its whole stop timeout.
@@ -311,6 +340,15 @@ mod tests {
             hang().await
         }
         async fn pull_image(&self, _: &str) -> Result<()> {
+            hang().await
+        }
+        async fn volume_mountpoint(&self, _: &str) -> Result<Option<String>> {
+            hang().await
+        }
+        async fn copy_out(&self, _: &str, _: &str, _: Chunks) -> Result<()> {
+            hang().await
+        }
+        async fn copy_in(&self, _: &str, _: &str, _: ChunkSource) -> Result<()> {
             hang().await
         }
     }
@@ -393,6 +431,15 @@ mod tests {
             (timed(e.logs("c", 10)).await, "read the logs of c"),
             (timed(e.image_exists("i")).await, "look up image i"),
             (timed(e.pull_image("i")).await, "pull image i"),
+            (timed(e.volume_mountpoint("v")).await, "inspect volume v"),
+            (
+                timed(e.copy_out("c", "/d", tokio::sync::mpsc::channel(1).0)).await,
+                "copy /d out of c",
+            ),
+            (
+                timed(e.copy_in("c", "/d", tokio::sync::mpsc::channel(1).1)).await,
+                "copy files into c:/d",
+            ),
         ]
         .into_iter()
         .map(|((text, secs), call)| (text, secs, call))
@@ -407,9 +454,9 @@ mod tests {
                 "remove volume v" => REMOVE_VOLUME.as_secs(),
                 "pull image i" => PULL.as_secs(),
                 // Its 30s stop timeout, then the removal.
-                "remove container evi-state" => 60,
+                "remove container evi-state" | "stop container evi-state" => 60,
+                "copy /d out of c" | "copy files into c:/d" => COPY.as_secs(),
                 "wait for container c" => 90,
-                "stop container evi-state" => 60,
                 _ => 30,
             };
             assert_eq!(secs, expected, "{call}");

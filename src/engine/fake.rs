@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
-use super::{Engine, ExecOutput};
+use super::{ChunkSource, Chunks, Engine, ExecOutput};
 use crate::model::*;
 
 #[derive(Default)]
@@ -153,15 +153,6 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn stop_container(&self, name: &str, _timeout: u64) -> Result<()> {
-        self.record(format!("stop container {name}"))?;
-        if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
-            c.running = false;
-            c.state = "exited".into();
-        }
-        Ok(())
-    }
-
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
         self.record(format!("remove container {name}"))?;
         self.stop_timeouts
@@ -222,5 +213,37 @@ impl Engine for FakeEngine {
     async fn pull_image(&self, image: &str) -> Result<()> {
         self.record(format!("pull image {image}"))?;
         bail!("pull image {image}: no registry")
+    }
+
+    async fn stop_container(&self, name: &str, timeout: u64) -> Result<()> {
+        self.record(format!("stop container {name}"))?;
+        self.stop_timeouts
+            .lock()
+            .unwrap()
+            .push((name.to_string(), timeout));
+        if let Some(c) = self.host.lock().unwrap().containers.get_mut(name) {
+            c.running = false;
+            c.state = "exited".into();
+        }
+        Ok(())
+    }
+
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>> {
+        let host = self.host.lock().unwrap();
+        Ok(host
+            .volume
+            .as_ref()
+            .filter(|v| v.name == name)
+            .map(|_| format!("/fake/volumes/{name}/_data")))
+    }
+
+    async fn copy_out(&self, container: &str, path: &str, _sink: Chunks) -> Result<()> {
+        self.record(format!("copy out {container}:{path}"))
+    }
+
+    async fn copy_in(&self, container: &str, path: &str, mut source: ChunkSource) -> Result<()> {
+        self.record(format!("copy in {container}:{path}"))?;
+        while source.recv().await.is_some() {}
+        Ok(())
     }
 }

@@ -67,7 +67,19 @@ pub trait Engine {
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Pulls the image from its registry.
     async fn pull_image(&self, image: &str) -> Result<()>;
+    /// The host directory that holds a volume's files, if the volume exists.
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>>;
+    /// Sends a tar archive of `path` in a container (running or not) to
+    /// `sink`, chunk by chunk, as Podman's archive endpoint produces it.
+    async fn copy_out(&self, container: &str, path: &str, sink: Chunks) -> Result<()>;
+    /// Extracts the tar archive read from `source` at directory `path` in a
+    /// container (running or not; a volume mounted there receives the files).
+    async fn copy_in(&self, container: &str, path: &str, source: ChunkSource) -> Result<()>;
 }
+
+/// A stream of bytes between evi-install and a container's files (tar).
+pub type Chunks = tokio::sync::mpsc::Sender<Vec<u8>>;
+pub type ChunkSource = tokio::sync::mpsc::Receiver<Vec<u8>>;
 
 /// Whether a container name is one `observe` was asked for: `pattern` is a
 /// name, or a prefix followed by `*`.

@@ -23,7 +23,7 @@ use podman_api::opts::{
 };
 use podman_api::{models, Podman};
 
-use super::{Engine, ExecOutput};
+use super::{ChunkSource, Chunks, Engine, ExecOutput};
 use crate::model::*;
 
 /// How long to wait for the service to answer a ping before calling it down.
@@ -382,6 +382,11 @@ impl Engine for PodmanEngine {
                 nsmode: Some("container".to_string()),
                 value: Some(other.clone()),
             }),
+            // No network at all: the throwaway servers of backup and restore.
+            None if spec.network.is_empty() => b.net_namespace(models::Namespace {
+                nsmode: Some("none".to_string()),
+                value: None,
+            }),
             None => b.networks([(
                 spec.network.clone(),
                 models::PerNetworkOptions {
@@ -640,6 +645,42 @@ impl Engine for PodmanEngine {
             }
         }
         Ok(text)
+    }
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>> {
+        match self.podman.volumes().get(name).inspect().await {
+            Ok(v) => Ok(Some(v.mountpoint)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(fault(&format!("inspect volume {name}"), e)),
+        }
+    }
+
+    async fn copy_out(&self, container: &str, path: &str, sink: Chunks) -> Result<()> {
+        let c = self.podman.containers().get(container);
+        let stream = c.copy_from(path);
+        futures_util::pin_mut!(stream);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| fault(&format!("copy {path} out of {container}"), e))?;
+            if sink.send(chunk).await.is_err() {
+                // The reader stopped (and reports why).
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_in(&self, container: &str, path: &str, mut source: ChunkSource) -> Result<()> {
+        let (mut tx, body) = hyper::Body::channel();
+        let pump = async move {
+            while let Some(chunk) = source.recv().await {
+                if tx.send_data(chunk.into()).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping `tx` ends the body.
+        };
+        let c = self.podman.containers().get(container);
+        let (result, ()) = tokio::join!(c.copy_to(path, body), pump);
+        result.map_err(|e| fault(&format!("copy files into {container}:{path}"), e))
     }
 }
 

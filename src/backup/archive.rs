@@ -1,0 +1,538 @@
+//! The archive file: a zstd-compressed tar whose first entry is
+//! `manifest.json`, followed by the data files under `data/`.
+//!
+//! Reading never trusts the archive: the manifest is read first (a newer
+//! format is refused), then every data file is hashed and compared with the
+//! manifest before anything on the host changes.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{FileEntry, Manifest};
+use crate::render::hex;
+
+pub const MANIFEST_ENTRY: &str = "manifest.json";
+pub const DATA_PREFIX: &str = "data/";
+/// zstd's fastest levels keep up with a disk; RDB strings are already LZF-compressed.
+const ZSTD_LEVEL: i32 = 1;
+const CHUNK: usize = 256 * 1024;
+
+type Entries = tar::Archive<zstd::Decoder<'static, BufReader<File>>>;
+
+fn open(path: &Path) -> Result<Entries> {
+    let file = File::open(path).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {}; check the path",
+            path.display(),
+            crate::settings::io_reason(&e)
+        )
+    })?;
+    let decoder = zstd::Decoder::new(file).map_err(|e| not_archive(path, &e.to_string()))?;
+    Ok(tar::Archive::new(decoder))
+}
+
+fn not_archive(path: &Path, why: &str) -> anyhow::Error {
+    anyhow!(
+        "{} is not an evi-install backup archive ({why}); pass a file written by `evi-install backup`",
+        path.display()
+    )
+}
+
+fn corrupted(path: &Path, why: &str) -> anyhow::Error {
+    anyhow!(
+        "{} is truncated or corrupted ({why}); use another copy or take a new backup",
+        path.display()
+    )
+}
+
+/// Reads the manifest, the archive's first entry.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    // A zstd frame that fails to decode is a damaged archive; anything
+    // else is not one of ours at all.
+    let mut magic = [0u8; 4];
+    let zstd = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x28, 0xb5, 0x2f, 0xfd];
+    if !zstd {
+        open(path)?;
+        return Err(not_archive(path, "it is not zstd-compressed"));
+    }
+    let mut archive = open(path)?;
+    let mut entries = archive
+        .entries()
+        .map_err(|e| corrupted(path, &e.to_string()))?;
+    let mut entry = match entries.next() {
+        Some(Ok(entry)) => entry,
+        Some(Err(e)) => return Err(corrupted(path, &e.to_string())),
+        None => return Err(corrupted(path, "it holds nothing")),
+    };
+    let name = entry
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if name != MANIFEST_ENTRY || entry.size() > 16 << 20 {
+        return Err(not_archive(path, "its first entry is not a manifest"));
+    }
+    let mut bytes = Vec::new();
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupted(path, &e.to_string()))?;
+    Manifest::from_json(&bytes).map_err(|e| {
+        if e.to_string().contains("newer than") {
+            anyhow!("{}: {e:#}", path.display())
+        } else {
+            not_archive(path, &format!("{e:#}"))
+        }
+    })
+}
+
+/// Reads the whole archive and checks every data file against the
+/// manifest: name, size and sha256, and that none is missing or extra.
+/// `progress` gets the bytes read so far.
+pub fn check(path: &Path, manifest: &Manifest, mut progress: impl FnMut(u64)) -> Result<()> {
+    let mut archive = open(path)?;
+    let mut seen = Vec::new();
+    let mut done = 0u64;
+    let entries = archive
+        .entries()
+        .map_err(|e| corrupted(path, &e.to_string()))?;
+    for (i, entry) in entries.enumerate() {
+        let entry = entry.map_err(|e| corrupted(path, &e.to_string()))?;
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if i == 0 {
+            continue; // the manifest, read already
+        }
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let Some(want) = manifest.files.iter().find(|f| f.path == name) else {
+            return Err(corrupted(path, &format!("`{name}` is not in its manifest")));
+        };
+        let mut reader = Hashing::new(entry);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| corrupted(path, &e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            done += n as u64;
+            progress(done);
+        }
+        let (sha, size) = reader.finish();
+        if sha != want.sha256 || size != want.size {
+            return Err(corrupted(
+                path,
+                &format!("the checksum of `{name}` does not match its manifest"),
+            ));
+        }
+        seen.push(name);
+    }
+    if let Some(missing) = manifest.files.iter().find(|f| !seen.contains(&f.path)) {
+        return Err(corrupted(path, &format!("`{}` is missing", missing.path)));
+    }
+    Ok(())
+}
+
+/// Writes the archive's data files as a plain tar to `out`, each under
+/// `root` instead of `data/`, and, with `sums`, a `SHA256SUMS` file there
+/// (`sha256sum -c` format) so the receiving side can check what arrived.
+pub fn stream_data(
+    path: &Path,
+    manifest: &Manifest,
+    root: &str,
+    sums: bool,
+    out: impl Write,
+) -> Result<()> {
+    let mut archive = open(path)?;
+    let mut builder = tar::Builder::new(out);
+    for entry in archive
+        .entries()
+        .map_err(|e| corrupted(path, &e.to_string()))?
+        .skip(1)
+    {
+        let entry = entry.map_err(|e| corrupted(path, &e.to_string()))?;
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let Some(rel) = name.strip_prefix(DATA_PREFIX) else {
+            continue;
+        };
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(entry.size());
+        header.set_mode(0o644);
+        header.set_mtime(entry.header().mtime().unwrap_or(0));
+        builder
+            .append_data(&mut header, format!("{root}{rel}"), entry)
+            .context("send the archive's files")?;
+    }
+    if sums {
+        let text: String = manifest
+            .files
+            .iter()
+            .filter_map(|f| {
+                Some(format!(
+                    "{}  {}\n",
+                    f.sha256,
+                    f.path.strip_prefix(DATA_PREFIX)?
+                ))
+            })
+            .collect();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, format!("{root}SHA256SUMS"), text.as_bytes())
+            .context("send the archive's checksums")?;
+    }
+    builder
+        .into_inner()
+        .context("send the archive's files")?
+        .flush()?;
+    Ok(())
+}
+
+/// A new archive, written to a temporary file (mode 0600) beside its
+/// destination and renamed into place only when complete.
+pub struct ArchiveWriter {
+    tmp_path: tempfile::TempPath,
+    builder: tar::Builder<zstd::Encoder<'static, BufWriter<File>>>,
+}
+
+impl ArchiveWriter {
+    pub fn new(dir: &Path, manifest: &Manifest) -> Result<ArchiveWriter> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".evi-backup-")
+            .tempfile_in(dir)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create a file in {}: {}",
+                    dir.display(),
+                    crate::settings::io_reason(&e)
+                )
+            })?;
+        let (file, tmp_path) = tmp.into_parts();
+        let mut encoder = zstd::Encoder::new(BufWriter::with_capacity(CHUNK, file), ZSTD_LEVEL)?;
+        // A damaged frame then fails to decode instead of yielding other bytes.
+        encoder.include_checksum(true)?;
+        let mut builder = tar::Builder::new(encoder);
+        let json = serde_json::to_vec_pretty(manifest)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(json.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        builder.append_data(&mut header, MANIFEST_ENTRY, json.as_slice())?;
+        Ok(ArchiveWriter { tmp_path, builder })
+    }
+
+    /// Copies every regular file of a tar stream (Podman's archive of the
+    /// AOF directory: `DIR/FILE` entries) in as `data/DIR/FILE`, hashing it;
+    /// each must match its entry in `expected`.
+    pub fn append_tar(
+        &mut self,
+        source: impl Read,
+        expected: &[FileEntry],
+        mut progress: impl FnMut(u64),
+    ) -> Result<()> {
+        let mut source = tar::Archive::new(source);
+        let mut seen = Vec::new();
+        let mut done = 0u64;
+        for entry in source
+            .entries()
+            .context("read the AOF directory from Podman")?
+        {
+            let entry = entry.context("read the AOF directory from Podman")?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = format!("{DATA_PREFIX}{}", entry.path()?.display());
+            let Some(want) = expected.iter().find(|f| f.path == name) else {
+                bail!("the snapshot has an unexpected file `{name}`; run the backup again");
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_size(entry.size());
+            header.set_mode(0o600);
+            header.set_mtime(entry.header().mtime().unwrap_or(0));
+            let mut reader = Hashing::new(entry);
+            let counted = Counting {
+                inner: &mut reader,
+                done: &mut done,
+                progress: &mut progress,
+            };
+            self.builder
+                .append_data(&mut header, &name, counted)
+                .context("write the archive")?;
+            let (sha, size) = reader.finish();
+            if sha != want.sha256 || size != want.size {
+                bail!("`{name}` changed on its way out of the container (checksum); run the backup again");
+            }
+            seen.push(name);
+        }
+        if let Some(missing) = expected.iter().find(|f| !seen.contains(&f.path)) {
+            bail!(
+                "`{}` did not come out of the container; run the backup again",
+                missing.path
+            );
+        }
+        Ok(())
+    }
+
+    /// Finishes the archive, syncs it and renames it to `dest`.
+    pub fn persist(self, dest: &Path) -> Result<u64> {
+        let encoder = self.builder.into_inner().context("write the archive")?;
+        let file = encoder
+            .finish()
+            .context("write the archive")?
+            .into_inner()
+            .map_err(|e| anyhow!("write the archive: {}", e.error()))?;
+        file.sync_all().context("sync the archive")?;
+        let size = file.metadata()?.len();
+        drop(file);
+        self.tmp_path.persist(dest).map_err(|e| {
+            anyhow!(
+                "cannot write {}: {}",
+                dest.display(),
+                crate::settings::io_reason(&e.error)
+            )
+        })?;
+        if let Some(dir) = dest.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
+        Ok(size)
+    }
+}
+
+/// A reader that hashes and counts what passes through it.
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R) -> Hashing<R> {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+    pub fn finish(self) -> (String, u64) {
+        (hex(&self.hasher.finalize()), self.size)
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+struct Counting<'a, R, F> {
+    inner: &'a mut R,
+    done: &'a mut u64,
+    progress: &'a mut F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for Counting<'_, R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.done += n as u64;
+        (self.progress)(*self.done);
+        Ok(n)
+    }
+}
+
+/// Reads the chunks a channel delivers, for the blocking tar reader.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Sends what is written to a channel in chunks, for the engine to upload.
+pub struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> ChannelWriter {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "Podman stopped reading")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::manifest::{Summary, FORMAT_VERSION};
+
+    fn manifest(files: Vec<FileEntry>) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            tool_version: "t".into(),
+            valkey_version: "8.1.1".into(),
+            created_at: "2026-11-26T00:00:00Z".into(),
+            settings_fingerprint: "f".into(),
+            aof_dir: "appendonlydir".into(),
+            aof_file: "appendonly.aof".into(),
+            files,
+            summary: Summary::default(),
+        }
+    }
+
+    /// An archive with one data file, as `backup` writes it.
+    fn write_sample(dir: &Path) -> (std::path::PathBuf, Manifest) {
+        let data = b"REDIS0011 some data".repeat(1000);
+        let entry = FileEntry {
+            path: "data/appendonlydir/appendonly.aof.1.base.rdb".into(),
+            size: data.len() as u64,
+            sha256: hex(&Sha256::digest(&data)),
+        };
+        let m = manifest(vec![entry]);
+        let mut src = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        src.append_data(
+            &mut h,
+            "appendonlydir/appendonly.aof.1.base.rdb",
+            data.as_slice(),
+        )
+        .unwrap();
+        let src = src.into_inner().unwrap();
+        let mut w = ArchiveWriter::new(dir, &m).unwrap();
+        w.append_tar(src.as_slice(), &m.files, |_| {}).unwrap();
+        let path = dir.join("b.tar.zst");
+        w.persist(&path).unwrap();
+        (path, m)
+    }
+
+    #[test]
+    fn an_archive_round_trips_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, m) = write_sample(tmp.path());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read_manifest(&path).unwrap(), m);
+        check(&path, &m, |_| {}).unwrap();
+        let mut out = Vec::new();
+        stream_data(&path, &m, "x/", true, &mut out).unwrap();
+        let names: Vec<String> = tar::Archive::new(out.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["x/appendonlydir/appendonly.aof.1.base.rdb", "x/SHA256SUMS"]
+        );
+        let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temp file left");
+    }
+
+    #[test]
+    fn damaged_archives_are_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, m) = write_sample(tmp.path());
+        let bytes = std::fs::read(&path).unwrap();
+        // Truncated.
+        let cut = tmp.path().join("cut");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_manifest(&cut)
+            .and_then(|m| check(&cut, &m, |_| {}))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("truncated or corrupted")
+                || err.to_string().contains("not an evi-install"),
+            "{err}"
+        );
+        // Not an archive.
+        let text = tmp.path().join("text");
+        std::fs::write(&text, "hello\n").unwrap();
+        let err = read_manifest(&text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not an evi-install backup archive"),
+            "{err}"
+        );
+        // A data file that does not match its checksum.
+        let mut other = m.clone();
+        other.files[0].sha256 = "0".repeat(64);
+        let err = check(&path, &other, |_| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("checksum of `data/appendonlydir/appendonly.aof.1.base.rdb`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The containers that `backup`, `backup --verify` and `restore` run, and
+//! what they print. Every one is evi-install's (labelled), on no network,
+//! and removed when its work is done.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+
+use super::manifest::Summary;
+use crate::apply::{has_stopped, Poll};
+use crate::desired::owned_labels;
+use crate::engine::Engine;
+use crate::model::*;
+
+/// The restore helper (one action per run) and the check server.
+pub const HELPER_CONTAINER: &str = "evi-restore";
+pub const CHECK_CONTAINER: &str = "evi-restore-check";
+/// How long a throwaway server may take to load, convert and summarise the
+/// data: generous, a few GB of data set on a slow disk.
+pub const JOB_LIMIT: Duration = Duration::from_secs(1800);
+
+/// A short-lived container on no network, running `script` with `args`.
+pub fn throwaway(
+    name: &str,
+    image: &str,
+    script: &str,
+    args: &[&str],
+    mounts: Vec<Mount>,
+) -> ContainerSpec {
+    let mut labels = owned_labels();
+    labels.insert("io.evi-install.role".into(), "backup".into());
+    let mut command = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        "sh".to_string(),
+    ];
+    command.extend(args.iter().map(|a| a.to_string()));
+    ContainerSpec {
+        name: name.to_string(),
+        image: image.to_string(),
+        command,
+        entrypoint: Some(vec![]),
+        env: Default::default(),
+        user: None,
+        mounts,
+        secrets: vec![],
+        // Empty: no network at all.
+        network: String::new(),
+        aliases: vec![],
+        addresses: vec![],
+        hosts: vec![],
+        network_of: None,
+        restart: "no".into(),
+        stop_timeout: crate::timeouts::HELPER_STOP_SECS,
+        config_hash: None,
+        secret_version: None,
+        labels,
+    }
+}
+
+pub fn data_volume() -> Mount {
+    Mount::Volume {
+        name: DATA_VOLUME.to_string(),
+        target: "/data".to_string(),
+    }
+}
+
+/// Removes any earlier container of that name, then creates it (not started).
+pub async fn create<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<()> {
+    engine.remove_container(&spec.name, 1).await?;
+    engine.create_container(spec).await
+}
+
+/// Starts a created container and waits until it exits: its exit code and
+/// its whole output.
+pub async fn run_to_end<E: Engine>(
+    engine: &E,
+    name: &str,
+    limit: Duration,
+) -> Result<(i64, String)> {
+    engine.start_container(name).await?;
+    let mut poll = Poll::new(limit);
+    let mut failures = 0;
+    loop {
+        // Podman 4.3 can fail to inspect a container in the instant it exits
+        // (`read /proc/PID/cgroup: no such process`): ask again.
+        let state = match engine.container_state(name).await {
+            Ok(state) => state,
+            Err(e) if failures < 5 && format!("{e:#}").contains("no such process") => {
+                failures += 1;
+                poll.pause().await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match state {
+            Some((state, code)) if has_stopped(&state) => {
+                let logs = engine.logs(name, 1_000_000).await?;
+                return Ok((code, logs));
+            }
+            None => bail!("{name} disappeared while it ran"),
+            _ if poll.expired() => bail!("{name} did not finish within {}s", limit.as_secs()),
+            _ => poll.pause().await,
+        }
+    }
+}
+
+/// Creates, runs and removes a helper container: its output on success.
+pub async fn run_helper<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<String> {
+    create(engine, spec).await?;
+    let result = run_to_end(engine, &spec.name, JOB_LIMIT).await;
+    engine.remove_container(&spec.name, 1).await?;
+    let (code, out) = result?;
+    if code != 0 {
+        bail!(
+            "{} failed (exit code {code}): {}",
+            spec.name,
+            last_lines(&out)
+        );
+    }
+    Ok(out)
+}
+
+/// What a throwaway server printed.
+#[derive(Debug, Default)]
+pub struct JobOutput {
+    pub valkey_version: String,
+    pub summary: Summary,
+    /// `(sha256, size, name)` of each file it made.
+    pub files: Vec<(String, u64, String)>,
+    pub aof_enabled: Option<bool>,
+}
+
+pub fn parse_job(name: &str, code: i64, out: &str) -> Result<JobOutput> {
+    let errors: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("evi-error: "))
+        .collect();
+    if code != 0 || !out.lines().any(|l| l.trim() == "evi-done") {
+        let why = if errors.is_empty() {
+            last_lines(out)
+        } else {
+            errors.join("; ")
+        };
+        bail!("{name} failed (exit code {code}): {why}");
+    }
+    let mut job = JobOutput::default();
+    let mut summary = String::new();
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("evi-version ") {
+            job.valkey_version = v.trim().to_string();
+        } else if let Some(s) = line.strip_prefix("evi-summary ") {
+            summary.push_str(s);
+            summary.push('\n');
+        } else if let Some(f) = line.strip_prefix("evi-file ") {
+            let mut parts = f.splitn(3, ' ');
+            let (Some(sha), Some(size), Some(file)) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("{name}: unexpected line `{line}`");
+            };
+            let size = size
+                .parse()
+                .map_err(|_| anyhow!("{name}: unexpected line `{line}`"))?;
+            job.files.push((sha.to_string(), size, file.to_string()));
+        } else if let Some(v) = line.strip_prefix("evi-aof_enabled:") {
+            job.aof_enabled = Some(v.trim() == "1");
+        }
+    }
+    job.summary = Summary::parse(&summary)?;
+    Ok(job)
+}
+
+/// The last few lines of a container's output, redacted, on one line.
+pub fn last_lines(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(4)..];
+    crate::secret::redact(&tail.join(" | "))
+}
+
+/// The value of a directive in the rendered valkey.conf, quotes removed.
+pub fn conf_value(conf: &str, key: &str) -> Option<String> {
+    conf.lines().rev().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        (parts.next()? == key).then(|| parts.next().unwrap_or("").trim_matches('"').to_string())
+    })
+}
+
+/// The free bytes of the file system holding `path`, when this host can see it.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Refuses to start when `path`'s file system has less than `needed` bytes free.
+pub fn require_space(path: &Path, needed: u64, what: &str) -> Result<()> {
+    if let Some(free) = free_bytes(path) {
+        if free < needed {
+            bail!(
+                "not enough disk space for {what}: {} needs about {}, {} is free; free some space (or choose another place) and run again",
+                path.display(),
+                human_bytes(needed),
+                human_bytes(free)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// SIGKILLs this process after the named step when the test hook asks for it.
+#[cfg(feature = "test-hooks")]
+pub fn fault_point(step: &str) {
+    if std::env::var("EVI_INSTALL_TEST_KILL_AFTER").is_ok_and(|k| k == step) {
+        use rustix::process::{getpid, kill_process, Signal};
+        let _ = kill_process(getpid(), Signal::KILL);
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub fn fault_point(_step: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_output_is_parsed_and_failures_named() {
+        let out = "evi-version 8.1.1\nevi-summary n op: 2 0 -1\nevi-summary digest ab\n\
+                   evi-file 0123 88 appendonly.aof.manifest\nevi-aof_enabled:1\nevi-done\n";
+        let job = parse_job("j", 0, out).unwrap();
+        assert_eq!(job.valkey_version, "8.1.1");
+        assert_eq!(job.summary.keys(), 2);
+        assert_eq!(
+            job.files,
+            [(
+                "0123".to_string(),
+                88,
+                "appendonly.aof.manifest".to_string()
+            )]
+        );
+        assert_eq!(job.aof_enabled, Some(true));
+        let err = parse_job("j", 1, "evi-error: the snapshot did not load\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "j failed (exit code 1): the snapshot did not load"
+        );
+    }
+
+    #[test]
+    fn conf_values_and_sizes() {
+        let conf = "dir /data\nappenddirname \"appendonlydir\"\n# appendfilename x\n";
+        assert_eq!(
+            conf_value(conf, "appenddirname").as_deref(),
+            Some("appendonlydir")
+        );
+        assert_eq!(conf_value(conf, "appendfilename"), None);
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+    }
+
+    #[test]
+    fn a_throwaway_has_no_network_and_is_ours() {
+        let spec = throwaway("evi-backup-1", "img", "echo", &["a"], vec![]);
+        assert!(spec.network.is_empty() && spec.network_of.is_none());
+        assert_eq!(spec.command, ["sh", "-c", "echo", "sh", "a"]);
+        assert!(is_owned(&spec.labels));
+        // One left by a killed run is removed by `down`.
+        for name in [
+            HELPER_CONTAINER,
+            CHECK_CONTAINER,
+            "evi-backup-42",
+            "evi-verify-42",
+        ] {
+            assert!(is_leftover(name), "{name}");
+        }
+        assert!(!is_leftover("evi-state"));
+    }
+}

@@ -1,0 +1,432 @@
+//! `evi-install backup`: a consistent snapshot of evi-state's data while it
+//! serves clients, checked by loading it into a throwaway server, written as
+//! one archive (mode 0600) with a manifest. `backup --verify FILE` loads an
+//! archive into a throwaway server and compares it with its manifest.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::Host;
+use crate::backup::archive::{self, ArchiveWriter, ChannelReader, ChannelWriter};
+use crate::backup::jobs::{self, human_bytes};
+use crate::backup::manifest::{compare_exact, FileEntry, Manifest, FORMAT_VERSION};
+use crate::backup::scripts;
+use crate::cli::BackupArgs;
+use crate::engine::Engine;
+use crate::exit;
+use crate::model::*;
+use crate::render::{effective_hash, valkey_conf};
+use crate::settings::Settings;
+use crate::ui::Ui;
+
+/// Default archive names: `evi-state-20261126T041500Z.tar.zst`.
+const PREFIX: &str = "evi-state-";
+const SUFFIX: &str = ".tar.zst";
+/// How long the snapshot (BGSAVE) may take.
+const SAVE_LIMIT: Duration = Duration::from_secs(1800);
+
+pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -> Result<u8> {
+    if let Some(file) = &args.verify {
+        return verify(settings, host, file, ui).await;
+    }
+    let started = Instant::now();
+    let conf = valkey_conf(settings)?;
+    let dir = settings.state_dir.join("backups");
+    let dest = match &args.out {
+        Some(out) => out.clone(),
+        None => dir.join(format!(
+            "{PREFIX}{}{SUFFIX}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        )),
+    };
+    let dest_dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let engine = host.connect().await?;
+    require_state_running(&engine).await?;
+    // Room for the archive beside its destination, and for the snapshot
+    // (dump.rdb) in the volume: each at most about the data set's size.
+    let info = exec_state(&engine, &info_script("memory")).await?;
+    let dataset = info_field(&info, "used_memory_dataset").unwrap_or(0);
+    if args.out.is_none() {
+        create_private_dir(&dir)?;
+    } else if !dest_dir.is_dir() {
+        bail!(
+            "{} is not a directory; create it or choose another --out",
+            dest_dir.display()
+        );
+    }
+    jobs::require_space(&dest_dir, dataset, "the archive")?;
+    if let Some(mount) = engine.volume_mountpoint(DATA_VOLUME).await? {
+        jobs::require_space(
+            Path::new(&mount),
+            dataset,
+            "the snapshot in the data volume",
+        )?;
+    }
+    let _lock = host.lock(settings, "backup").await?;
+
+    // 1. The snapshot: BGSAVE in evi-state, while it serves its clients.
+    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let t = Instant::now();
+    snapshot(&engine).await?;
+    ui.info(&format!(
+        "  snapshot saved by evi-state (BGSAVE) in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    // 2. A throwaway server loads it and has Valkey write the AOF directory.
+    let aof_dir =
+        jobs::conf_value(&conf, "appenddirname").unwrap_or_else(|| "appendonlydir".into());
+    let aof_file =
+        jobs::conf_value(&conf, "appendfilename").unwrap_or_else(|| "appendonly.aof".into());
+    let rdb = jobs::conf_value(&conf, "dbfilename").unwrap_or_else(|| "dump.rdb".into());
+    let name = format!("evi-backup-{}", std::process::id());
+    let spec = jobs::throwaway(
+        &name,
+        &settings.services.evi_state.image,
+        &scripts::backup_job(),
+        &[&rdb, &aof_dir, &aof_file],
+        vec![Mount::Volume {
+            name: DATA_VOLUME.into(),
+            target: "/snapshot".into(),
+        }],
+    );
+    jobs::create(&engine, &spec).await?;
+    let result = async {
+        let t = Instant::now();
+        let (code, out) = jobs::run_to_end(&engine, &name, jobs::JOB_LIMIT).await?;
+        let job = jobs::parse_job("the backup's throwaway server", code, &out)?;
+        ui.info(&format!(
+            "  loaded into a throwaway server and written as an AOF directory in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            valkey_version: job.valkey_version.clone(),
+            created_at: created_at.clone(),
+            settings_fingerprint: effective_hash(&conf),
+            aof_dir: aof_dir.clone(),
+            aof_file: aof_file.clone(),
+            files: job
+                .files
+                .iter()
+                .map(|(sha, size, file)| FileEntry {
+                    path: format!("{}{aof_dir}/{file}", archive::DATA_PREFIX),
+                    size: *size,
+                    sha256: sha.clone(),
+                })
+                .collect(),
+            summary: job.summary.clone(),
+        };
+        // 3. The AOF directory comes out of the throwaway into the archive.
+        let t = Instant::now();
+        let bar = progress(ui, manifest.data_size(), "writing the archive");
+        // Podman 4.3 has been seen to answer the first archive request for
+        // a container that has just exited with an empty tar: ask again.
+        let mut attempt = 0;
+        let size = loop {
+            attempt += 1;
+            let mut writer = ArchiveWriter::new(&dest_dir, &manifest)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let files = manifest.files.clone();
+            let bar2 = bar.clone();
+            let write = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter> {
+                writer.append_tar(ChannelReader::new(rx), &files, |n| bar2.set_position(n))?;
+                Ok(writer)
+            });
+            let copied = engine
+                .copy_out(&name, &format!("/work/{aof_dir}"), tx)
+                .await;
+            let writer = write
+                .await
+                .map_err(|e| anyhow!("writing the archive stopped: {e}"))?;
+            copied?;
+            match writer {
+                Ok(writer) => break writer.persist(&dest)?,
+                Err(e) if attempt < 3 && format!("{e:#}").contains("did not come out") => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        bar.finish_and_clear();
+        ui.info(&format!(
+            "  archive written in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+        Ok::<_, anyhow::Error>((manifest, size))
+    }
+    .await;
+    engine.remove_container(&name, 1).await?;
+    let (manifest, size) = result?;
+    jobs::fault_point("backup-written");
+
+    let mut text = format!(
+        "Backup written: {} ({}; {} of data, {} keys, {} streams) in {:.1}s.",
+        dest.display(),
+        human_bytes(size),
+        human_bytes(manifest.data_size()),
+        manifest.summary.keys(),
+        manifest.summary.streams.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(keep) = args.keep {
+        let pruned = prune(&dir, keep)?;
+        if !pruned.is_empty() {
+            text.push_str(&format!(
+                "\nRemoved {} older backups (--keep {keep}).",
+                pruned.len()
+            ));
+        }
+    }
+    ui.info(
+        &manifest
+            .summary
+            .lines()
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    ui.result(&text);
+    Ok(exit::OK)
+}
+
+/// `backup --verify FILE`: checksums first, then a throwaway server on no
+/// network loads the archive as evi-state would, and its data is compared
+/// with the manifest.
+async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Result<u8> {
+    let manifest = archive::read_manifest(file)?;
+    let bar = progress(ui, manifest.data_size(), "checking checksums");
+    archive::check(file, &manifest, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    let engine = host.connect().await?;
+    let name = format!("evi-verify-{}", std::process::id());
+    let spec = jobs::throwaway(
+        &name,
+        &settings.services.evi_state.image,
+        &scripts::verify_job(),
+        &[&manifest.aof_dir, &manifest.aof_file],
+        vec![],
+    );
+    jobs::create(&engine, &spec).await?;
+    let result = async {
+        send_data(&engine, &name, "/", file, &manifest, "work/data/", false).await?;
+        let (code, out) = jobs::run_to_end(&engine, &name, jobs::JOB_LIMIT).await?;
+        jobs::parse_job("the verifying throwaway server", code, &out)
+    }
+    .await;
+    engine.remove_container(&name, 1).await?;
+    let job = result?;
+    let c = compare_exact(&manifest.summary, &job.summary, now_ms());
+    for note in &c.notes {
+        ui.info(&format!("  note: {note}"));
+    }
+    if c.differences.is_empty() {
+        ui.result(&format!(
+            "Verified: {} loads into Valkey {} and matches its manifest ({} keys, {} streams, taken {}).",
+            file.display(),
+            job.valkey_version,
+            job.summary.keys(),
+            job.summary.streams.len(),
+            manifest.created_at
+        ));
+        Ok(exit::OK)
+    } else {
+        ui.result(&format!(
+            "NOT verified: {} loads, but differs from its manifest:\n  {}",
+            file.display(),
+            c.differences.join("\n  ")
+        ));
+        Ok(exit::ERROR)
+    }
+}
+
+/// Streams the archive's data files into a container at `path`, under `root`.
+pub async fn send_data<E: Engine>(
+    engine: &E,
+    container: &str,
+    path: &str,
+    file: &Path,
+    manifest: &Manifest,
+    root: &str,
+    sums: bool,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (file, manifest, root) = (file.to_path_buf(), manifest.clone(), root.to_string());
+    let produce = tokio::task::spawn_blocking(move || {
+        archive::stream_data(&file, &manifest, &root, sums, ChannelWriter::new(tx))
+    });
+    let sent = engine.copy_in(container, path, rx).await;
+    produce
+        .await
+        .map_err(|e| anyhow!("reading the archive stopped: {e}"))??;
+    sent
+}
+
+pub async fn require_state_running<E: Engine>(engine: &E) -> Result<()> {
+    match engine.container_state(STATE_CONTAINER).await? {
+        Some((state, _)) if state == "running" => Ok(()),
+        Some(_) => {
+            bail!("evi-state is not running; start it with `evi-install up`, then run again")
+        }
+        None => bail!("evi-state does not exist; create it with `evi-install up`, then run again"),
+    }
+}
+
+/// Runs a script in evi-state and returns its output (exit 0 required).
+pub async fn exec_state<E: Engine>(engine: &E, script: &str) -> Result<String> {
+    let out = engine
+        .exec(STATE_CONTAINER, &["sh", "-c", script], &[])
+        .await?;
+    if out.exit_code != 0 {
+        bail!(
+            "a command in evi-state failed: {}",
+            crate::secret::redact(format!("{}{}", out.stdout, out.stderr).trim())
+        );
+    }
+    Ok(out.stdout)
+}
+
+fn info_script(section: &str) -> String {
+    format!(
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e INFO {section}"
+    )
+}
+
+fn info_field(info: &str, key: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// BGSAVE (scheduled after an AOF rewrite in progress), then waits until
+/// the save counter moves and no save is in progress.
+async fn snapshot<E: Engine>(engine: &E) -> Result<()> {
+    let before = info_field(
+        &exec_state(engine, &info_script("persistence")).await?,
+        "rdb_saves",
+    )
+    .context("evi-state's INFO has no rdb_saves")?;
+    exec_state(
+        engine,
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e BGSAVE SCHEDULE",
+    )
+    .await?;
+    let mut poll = crate::apply::Poll::new(SAVE_LIMIT);
+    loop {
+        let info = exec_state(engine, &info_script("persistence")).await?;
+        let saves = info_field(&info, "rdb_saves").unwrap_or(0);
+        if saves > before && info_field(&info, "rdb_bgsave_in_progress") == Some(0) {
+            if !info.contains("rdb_last_bgsave_status:ok") {
+                bail!("evi-state's snapshot (BGSAVE) failed; check the disk under the evi-state-data volume and evi-state's log");
+            }
+            return Ok(());
+        }
+        if poll.expired() {
+            bail!(
+                "evi-state's snapshot (BGSAVE) did not finish within {}s",
+                SAVE_LIMIT.as_secs()
+            );
+        }
+        poll.pause().await;
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            anyhow!(
+                "cannot create {}: {}",
+                dir.display(),
+                crate::settings::io_reason(&e)
+            )
+        })
+}
+
+/// Keeps the newest `keep` archives with default names in `dir`.
+fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+        .collect();
+    names.sort();
+    let remove = names.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for name in &names[..remove] {
+        let path = dir.join(name);
+        std::fs::remove_file(&path).map_err(|e| {
+            anyhow!(
+                "cannot remove {}: {}",
+                path.display(),
+                crate::settings::io_reason(&e)
+            )
+        })?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A byte progress bar on a terminal; hidden otherwise and with `-q`.
+pub fn progress(ui: &Ui, total: u64, label: &str) -> indicatif::ProgressBar {
+    if !ui.tty || ui.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_default_names_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        for n in [
+            "evi-state-20261101T000000Z.tar.zst",
+            "evi-state-20261102T000000Z.tar.zst",
+            "evi-state-20261103T000000Z.tar.zst",
+            "mine.tar.zst",
+        ] {
+            std::fs::write(tmp.path().join(n), "").unwrap();
+        }
+        let removed = prune(tmp.path(), 2).unwrap();
+        assert_eq!(
+            removed,
+            [tmp.path().join("evi-state-20261101T000000Z.tar.zst")]
+        );
+        assert!(tmp.path().join("mine.tar.zst").exists());
+    }
+
+    #[test]
+    fn info_fields_are_read() {
+        let info = "# Persistence\r\nrdb_saves:3\r\nrdb_bgsave_in_progress:0\r\n";
+        assert_eq!(info_field(info, "rdb_saves"), Some(3));
+        assert_eq!(info_field(info, "rdb_bgsave_in_progress"), Some(0));
+    }
+}
