@@ -64,7 +64,12 @@ pub(crate) fn follow(name: &str) -> Child {
         .unwrap()
 }
 
-pub(crate) fn collected(mut child: Child) -> Vec<serde_json::Value> {
+pub(crate) fn collected(child: Child) -> Vec<serde_json::Value> {
+    parse_stats(&followed_text(child))
+}
+
+/// What a followed container printed until it was removed (20 s at most).
+pub(crate) fn followed_text(mut child: Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -78,7 +83,7 @@ pub(crate) fn collected(mut child: Child) -> Vec<serde_json::Value> {
         .read_to_string(&mut text)
         .unwrap();
     let _ = child.wait();
-    parse_stats(&text)
+    text
 }
 
 /// Waits until `name` reports a success no older than `CLIENT_PATIENCE`.
@@ -111,6 +116,24 @@ pub(crate) fn group_state() -> (u64, Option<u64>) {
             .and_then(|v| v.parse::<u64>().ok())
     };
     (field("pending").expect("pending"), field("lag"))
+}
+
+/// Waits up to `limit` until the group `workers` has nothing pending and no
+/// lag, and fails if it never gets there: every task delivered and acked.
+pub fn assert_drained(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let state = loop {
+        let state = group_state();
+        if state == (0, Some(0)) || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        state,
+        (0, Some(0)),
+        "every task delivered and acknowledged (pending, lag)"
+    );
 }
 
 /// For each producer id, the `seq` numbers its acknowledged XADDs carried.
@@ -155,19 +178,7 @@ fn real_clients_work_at_once_and_through_a_rotation_lose_no_task() {
 
     // Stop the producer, let the worker drain the queue.
     podman_ok(&["stop", "-t", "10", "evi-be"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (pending, lag) = loop {
-        let state = group_state();
-        if state == (0, Some(0)) || Instant::now() > deadline {
-            break state;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert_eq!(
-        (pending, lag),
-        (0, Some(0)),
-        "every task delivered and acknowledged"
-    );
+    assert_drained(Duration::from_secs(20));
 
     // Every acknowledged XADD is in the stream: seq 1..n with no hole, for the
     // producer before and the producer after the rotation.

@@ -6,13 +6,12 @@
 //! with three workers and two back-ends writing refuses no client.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::clients::{
-    assert_working_within_patience, follow, group_state, num, parse_stats, seqs_by_producer,
-    stats_lines, test_client_image,
+    assert_drained, assert_working_within_patience, follow, followed_text, group_state, num,
+    parse_stats, seqs_by_producer, stats_lines, test_client_image,
 };
 use crate::support::*;
 
@@ -219,24 +218,6 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .collect()
-}
-
-/// What a followed container printed until it was removed.
-fn followed_text(mut child: Child) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let _ = child.wait();
-    text
 }
 
 /// `XPENDING stream:tasks:email workers`: pending entries by consumer.
@@ -542,19 +523,7 @@ fn back_ends_see_each_others_invalidations_and_a_rotation_with_five_clients_refu
     std::thread::sleep(Duration::from_secs(2));
 
     podman_ok(&["stop", "-t", "10", "evi-be", "evi-be-2"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (pending, lag) = loop {
-        let state = group_state();
-        if state == (0, Some(0)) || Instant::now() > deadline {
-            break state;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert_eq!(
-        (pending, lag),
-        (0, Some(0)),
-        "every task delivered and acked"
-    );
+    assert_drained(Duration::from_secs(30));
 
     let mut seqs = seqs_by_producer();
     assert_eq!(
