@@ -512,10 +512,11 @@ impl Engine for PodmanEngine {
             .ignore(true)
             .timeout(timeout as usize)
             .build();
-        removed(
-            self.podman.containers().get(name).stop(&stop).await,
-            &format!("stop container {name}"),
-        )
+        match self.podman.containers().get(name).stop(&stop).await {
+            // 304: it was not running (Podman answers so despite `ignore`).
+            Err(podman_api::Error::Fault { code, .. }) if code.as_u16() == 304 => Ok(()),
+            other => removed(other, &format!("stop container {name}")),
+        }
     }
 
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()> {
