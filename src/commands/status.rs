@@ -43,6 +43,12 @@ struct ValkeyHealth {
     keys_op: u64,
     keys_stream: u64,
     keys_other: u64,
+    /// All keys (DBSIZE).
+    keys_total: u64,
+    /// Above 100000 keys the namespace counts come from a random sample of this
+    /// many keys, scaled to the total: estimates, and the output says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys_sampled: Option<u64>,
     streams_with_ttl: Vec<String>,
     /// The task queues (`stream:*`), at most 100.
     streams: Vec<StreamInfo>,
@@ -98,7 +104,19 @@ const HEALTH_SCRIPT: &str = r##"REDISCLI_AUTH="$(cat /run/secrets/evi-state-pass
 cli() { valkey-cli --no-auth-warning -e "$@"; }
 cli INFO || exit 1
 echo "# evi-keys"
-cli --scan | awk '/^cache:db:/{c++; next} /^op:/{o++; next} /^stream:/{s++; next} {x++} END{printf "keys_cache_db:%d\r\nkeys_op:%d\r\nkeys_stream:%d\r\nkeys_other:%d\r\n", c, o, s, x}'
+# Keys per namespace: exact up to 100000 keys; above that a full SCAN would make status
+# slow, so a random sample of 10000 keys (RANDOMKEY, in one pipeline) is counted and
+# scaled to the total, and status says so.
+total=$(cli DBSIZE)
+count() { awk -v scale="$1" '/^cache:db:/{c++; next} /^op:/{o++; next} /^stream:/{s++; next} /./{x++} END{printf "keys_cache_db:%d\r\nkeys_op:%d\r\nkeys_stream:%d\r\nkeys_other:%d\r\n", c*scale, o*scale, s*scale, x*scale}'; }
+if [ "$total" -le 100000 ]; then
+  cli --scan | count 1
+else
+  i=0
+  while [ $i -lt 10000 ]; do echo RANDOMKEY; i=$((i + 1)); done | cli | count "$(awk -v t="$total" 'BEGIN{print t / 10000}')"
+  printf 'keys_sampled:10000\r\n'
+fi
+printf 'keys_total:%s\r\n' "$total"
 # Each task queue (the first 100): length, consumer groups, pending entries, lag,
 # and how long the oldest pending entry has waited (XPENDING's summary form).
 cli --scan --pattern 'stream:*' | head -n 100 | while IFS= read -r key; do
@@ -356,6 +374,8 @@ fn parse_info(text: &str) -> ValkeyHealth {
             "keys_op" => h.keys_op = num(),
             "keys_stream" => h.keys_stream = num(),
             "keys_other" => h.keys_other = num(),
+            "keys_total" => h.keys_total = num(),
+            "keys_sampled" => h.keys_sampled = Some(num()),
             "stream_with_ttl" => h.streams_with_ttl.push(value.to_string()),
             "evi_stream" => h.streams.push(StreamInfo {
                 key: value.to_string(),
@@ -440,8 +460,15 @@ fn text(report: &Report) -> String {
             h.aof_last_write_status
         ));
         out.push_str(&format!("  evicted  {} keys\n", h.evicted_keys));
+        let estimate = match h.keys_sampled {
+            Some(n) => format!(
+                " (estimated from a random sample of {n} of {} keys)",
+                h.keys_total
+            ),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "  keys     cache:db: {}, op: {}, stream: {}, other: {}\n",
+            "  keys     cache:db: {}, op: {}, stream: {}, other: {}{estimate}\n",
             h.keys_cache_db, h.keys_op, h.keys_stream, h.keys_other
         ));
         for st in &h.streams {
@@ -514,6 +541,17 @@ mod tests {
             (1 << 20, 1 << 30, true, 3)
         );
         assert_eq!(h.oom_refusals, 7);
+        assert_eq!(h.keys_sampled, None);
+        let sampled =
+            parse_info("keys_cache_db:500000\r\nkeys_sampled:10000\r\nkeys_total:2000000\r\n");
+        assert_eq!(
+            (
+                sampled.keys_cache_db,
+                sampled.keys_sampled,
+                sampled.keys_total
+            ),
+            (500000, Some(10000), 2000000)
+        );
         assert_eq!(h.aof_last_rewrite_status, "ok");
         assert_eq!(h.keys_stream, 2);
         assert_eq!(h.streams_with_ttl, ["stream:tasks:x"]);
