@@ -37,6 +37,32 @@ pub struct PodmanEngine {
     podman: Podman,
     raw: RequestClient<conn::Error>,
     url: String,
+    /// What `/libpod/info` says of the host, read once, when first needed
+    /// (never on the path of a no-op `up`).
+    host: tokio::sync::OnceCell<HostInfo>,
+}
+
+/// The facts about the host that change what is created.
+#[derive(Debug, Clone)]
+struct HostInfo {
+    /// `netavark` or `cni`.
+    network_backend: String,
+    /// Bind mounts need a label to be readable in a container.
+    selinux: bool,
+}
+
+/// A bind mount's options. With SELinux enforcing labels, the host file must
+/// be relabelled (`z`: shared, as the config is only ever read) or the
+/// container cannot read it.
+fn bind_options(read_only: bool, selinux: bool) -> Vec<String> {
+    let mut options = vec!["rbind".to_string()];
+    if read_only {
+        options.insert(0, "ro".to_string());
+    }
+    if selinux {
+        options.push("z".to_string());
+    }
+    options
 }
 
 /// The socket to use: `--podman-url` or `CONTAINER_HOST` (clap folds both into
@@ -72,6 +98,7 @@ impl PodmanEngine {
             podman,
             raw,
             url: url.to_string(),
+            host: tokio::sync::OnceCell::new(),
         };
         engine.ping().await?;
         Ok(engine)
@@ -180,17 +207,25 @@ impl PodmanEngine {
         Ok((ours, others))
     }
 
-    /// `netavark` or `cni`.
-    async fn network_backend(&self) -> Result<String> {
-        let info: serde_json::Value = self
-            .raw
-            .get_json(format!("/v{API_VERSION}/libpod/info"))
+    async fn host_info(&self) -> Result<&HostInfo> {
+        self.host
+            .get_or_try_init(|| async {
+                let info: serde_json::Value = self
+                    .raw
+                    .get_json(format!("/v{API_VERSION}/libpod/info"))
+                    .await
+                    .map_err(|e| anyhow!("read Podman's info: {}", flatten(&e)))?;
+                Ok::<_, anyhow::Error>(HostInfo {
+                    network_backend: info["host"]["networkBackend"]
+                        .as_str()
+                        .unwrap_or("netavark")
+                        .to_string(),
+                    selinux: info["host"]["security"]["selinuxEnabled"]
+                        .as_bool()
+                        .unwrap_or(false),
+                })
+            })
             .await
-            .map_err(|e| anyhow!("read Podman's info: {}", flatten(&e)))?;
-        Ok(info["host"]["networkBackend"]
-            .as_str()
-            .unwrap_or("netavark")
-            .to_string())
     }
 
     async fn volume(&self, name: &str) -> Result<Option<ObservedResource>> {
@@ -313,10 +348,11 @@ impl Engine for PodmanEngine {
         // static address outside it, which keeps ours free. CNI's host-local
         // IPAM refuses a static address outside the range ("failed to allocate
         // all requested IPs"), so there the range is the whole subnet.
-        let lease_range = (self.network_backend().await? != "cni").then(|| models::LeaseRange {
-            start_ip: Some(spec.dynamic_range.0.to_string()),
-            end_ip: Some(spec.dynamic_range.1.to_string()),
-        });
+        let lease_range =
+            (self.host_info().await?.network_backend != "cni").then(|| models::LeaseRange {
+                start_ip: Some(spec.dynamic_range.0.to_string()),
+                end_ip: Some(spec.dynamic_range.1.to_string()),
+            });
         let opts = NetworkCreateOpts::builder()
             .name(name)
             .dns_enabled(true)
@@ -415,6 +451,9 @@ impl Engine for PodmanEngine {
         if let Some(user) = &spec.user {
             b = b.user(user);
         }
+        let has_bind = spec.mounts.iter().any(|m| matches!(m, Mount::Bind { .. }));
+        // Asked only when there is a bind mount to label.
+        let selinux = has_bind && self.host_info().await?.selinux;
         let mut mounts = Vec::new();
         let mut volumes = Vec::new();
         for m in &spec.mounts {
@@ -427,11 +466,7 @@ impl Engine for PodmanEngine {
                     destination: Some(target.clone()),
                     source: Some(source.display().to_string()),
                     _type: Some("bind".to_string()),
-                    options: Some(if *read_only {
-                        vec!["ro".into(), "rbind".into()]
-                    } else {
-                        vec!["rbind".into()]
-                    }),
+                    options: Some(bind_options(*read_only, selinux)),
                     uid_mappings: None,
                     gid_mappings: None,
                 }),
@@ -775,4 +810,16 @@ fn flatten(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text.trim_end_matches(": ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_options;
+
+    #[test]
+    fn bind_mounts_are_relabelled_only_where_selinux_is_enabled() {
+        assert_eq!(bind_options(true, false), ["ro", "rbind"]);
+        assert_eq!(bind_options(false, false), ["rbind"]);
+        assert_eq!(bind_options(true, true), ["ro", "rbind", "z"]);
+    }
 }
