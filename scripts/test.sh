@@ -103,6 +103,9 @@ if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
     step "lane 3/3: Podman 5.4 (nested): start the service"
     lane_start=$SECONDS
     evi_podman5_up
+    # evi-install runs on this host and checks evi-net's subnet against this host's
+    # routes: the nested lane gets a subnet of its own, which no bridge of lane 1 holds.
+    export EVI_TEST_SUBNET=10.90.233.0/24
     step "lane 3/3: Podman 5.4 (nested): cargo test --test integration -- ${E2E_MODULES[*]}"
     cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}" \
         --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
