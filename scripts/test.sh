@@ -118,6 +118,7 @@ if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
     grep -Eq 'test result: ok\. [1-9][0-9]* passed' "$kube_log" ||
         evi_die "lane 3: no kube_play test ran (see $kube_log)"
     evi_podman5_stop
+    unset EVI_TEST_SUBNET
     evi_log "lane 3 (Podman 5.4) took $((SECONDS - lane_start))s"
 fi
 
