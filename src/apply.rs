@@ -213,8 +213,9 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             // Podman cannot change a network's subnet: everything on it goes,
             // and the container steps that follow create it again.
             for name in containers {
-                let timeout = if name == STATE_CONTAINER { 30 } else { 10 };
-                engine.remove_container(name, timeout).await?;
+                engine
+                    .remove_container(name, crate::timeouts::stop_secs_for(name))
+                    .await?;
             }
             engine.remove_network(&step.name).await?;
             engine
