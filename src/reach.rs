@@ -24,7 +24,11 @@ use crate::secret::redact;
 use crate::settings::Settings;
 
 /// Reads `VALKEY_URL` as a client library would (`redis://[user]:PW@HOST:PORT`),
-/// then checks each layer in turn. The password goes to valkey-cli through its
+/// then checks each layer in turn. The name is looked up as clients do it,
+/// with getaddrinfo (`getent ahosts`): `getent hosts` asks for an IPv6
+/// address first, which /etc/hosts does not have, and so waits on the
+/// network's DNS (3 to 15 s through aardvark-dns 1.4) before it reads the
+/// IPv4 entry. The password goes to valkey-cli through its
 /// environment (`REDISCLI_AUTH`), never through arguments; what is printed is
 /// valkey-cli's answer, which never contains it. Exit codes name the layer.
 pub const PROBE_SCRIPT: &str = r#"set -u
@@ -39,7 +43,7 @@ pass=${cred#*:}
 host=${hostport%%:*}
 port=6379
 case "$hostport" in *:*) port=${hostport##*:} ;; esac
-if command -v getent >/dev/null 2>&1 && ! getent hosts "$host" >/dev/null 2>&1; then
+if command -v getent >/dev/null 2>&1 && ! getent ahosts "$host" >/dev/null 2>&1; then
   echo "$host does not resolve"
   exit 10
 fi

@@ -682,7 +682,9 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
     let status = || site.evi().args(["status"]).run();
-    let layer_of = |client: &str| -> (String, String) {
+    // The client's (result, layer) in `status --output json`, with the whole
+    // document to show when it is not the one expected.
+    let layer_of = |client: &str| -> Layer {
         let out = site.evi().args(["status", "--output", "json"]).run();
         let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON status");
         let entry = doc["clients"]
@@ -692,10 +694,11 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
             .find(|c| c["client"] == client)
             .unwrap_or_else(|| panic!("no {client} in {}", out.stdout))
             .clone();
-        (
-            entry["result"].as_str().unwrap().to_string(),
-            entry["layer"].as_str().unwrap_or_default().to_string(),
-        )
+        Layer {
+            result: entry["result"].as_str().unwrap().to_string(),
+            layer: entry["layer"].as_str().unwrap_or_default().to_string(),
+            doc: doc["clients"].to_string(),
+        }
     };
 
     let healthy = status();
@@ -708,7 +711,7 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
             "{}",
             healthy.stdout
         );
-        assert_eq!(layer_of(client), ("ok".to_string(), String::new()));
+        assert_eq!(layer_of(client), ("ok", ""));
     }
 
     // Name resolution: evi-be loses its hosts entry. Without DNS (the CNI lane)
@@ -730,14 +733,12 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
             "{}",
             out.stdout
         );
-        assert_eq!(
-            layer_of("evi-be"),
-            ("failed".to_string(), "name_resolution".to_string())
-        );
+        assert_eq!(layer_of("evi-be"), ("failed", "name_resolution"));
     }
     let restore = format!("printf '%s' '{hosts}' > /etc/hosts");
     podman_ok(&["exec", "evi-be", "sh", "-c", &restore]);
-    assert_eq!(status().code, 0);
+    let restored = status();
+    assert_eq!(restored.code, 0, "{}", restored.all());
 
     // Connection: evi-be is taken off evi-net.
     podman_ok(&["network", "disconnect", "evi-net", "evi-be"]);
@@ -749,11 +750,8 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
         "{}",
         out.stdout
     );
-    assert_eq!(
-        layer_of("evi-be"),
-        ("failed".to_string(), "connection".to_string())
-    );
-    assert_eq!(layer_of("evi-worker"), ("ok".to_string(), String::new()));
+    assert_eq!(layer_of("evi-be"), ("failed", "connection"));
+    assert_eq!(layer_of("evi-worker"), ("ok", ""));
     // `up` sees it too and repairs it.
     let repair = site.up(&[]);
     assert_eq!(repair.code, 0, "{}", repair.all());
@@ -762,7 +760,8 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
         "{}",
         repair.stdout
     );
-    assert_eq!(status().code, 0);
+    let after = status();
+    assert_eq!(after.code, 0, "{}", after.all());
 
     // Authentication: evi-state stops accepting the clients' password.
     state_cli("acl setuser default resetpass >SomeOtherPassword0123456789");
@@ -774,11 +773,28 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
         "{}",
         out.stdout
     );
-    assert_eq!(
-        layer_of("evi-worker"),
-        ("failed".to_string(), "authentication".to_string())
-    );
+    assert_eq!(layer_of("evi-worker"), ("failed", "authentication"));
     assert!(!out.all().contains(&site.password()));
+}
+
+/// A client's line in `status --output json`; equal to `(result, layer)`,
+/// and shown with all clients' lines when an assertion fails.
+struct Layer {
+    result: String,
+    layer: String,
+    doc: String,
+}
+
+impl PartialEq<(&str, &str)> for Layer {
+    fn eq(&self, other: &(&str, &str)) -> bool {
+        (self.result.as_str(), self.layer.as_str()) == *other
+    }
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({:?}, {:?}) in {}", self.result, self.layer, self.doc)
+    }
 }
 
 /// A host set up before evi-state had a fixed address: evi-net exists with a
