@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 
 CLIENTS = ["evi-be", "evi-worker"]
-OTHERS = ["evi-state", "evi-rotate"]  # evi-rotate: rotate-secret's job container
+# evi-rotate: rotate-secret's job container; evi-state-addr holds evi-state's address
+# and network namespace (src/desired.rs ADDRESS_HOLDER_SCRIPT), so it goes after evi-state.
+OTHERS = ["evi-state", "evi-rotate", "evi-state-addr"]
 CONTAINERS = CLIENTS + OTHERS
 NETWORK = "evi-net"
 MANAGED_LABEL = "io.evi-install.managed=true"
@@ -49,6 +51,8 @@ VOLUME = "evi-state-data"
 CONF_IN_CONTAINER = "/usr/local/etc/valkey/valkey.conf"
 # The clients idle but stop at once on SIGTERM (a bare `sleep` as PID 1 ignores it).
 CLIENT_SCRIPT = "trap 'exit 0' TERM; sleep infinity & wait"
+# evi-install's ADDRESS_HOLDER_SCRIPT (src/desired.rs).
+HOLDER_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 # evi-state's own readiness check (as evi-install's): password from the mounted secret.
 STATE_PING = (
     'REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" '
@@ -137,6 +141,9 @@ def reset_host(state_dir, subnet):
     CONTAINERS_STORAGE_CONF): whatever evi-install labelled as its own (the clients'
     successors `evi-*-next`, the rotation job, the probes) and the fixed names (the CLI
     floor and podman-compose make unlabelled containers)."""
+    # evi-state first: Podman removes no container another runs in the network
+    # namespace of (evi-state-addr).
+    run(["podman", "rm", "--force", "--ignore", "--time", "0", "evi-state"])
     labelled = run(["podman", "ps", "-aq", "--filter", f"label={MANAGED_LABEL}"]).stdout.split()
     if labelled:
         run(["podman", "rm", "--force", "--ignore", "--time", "0", *labelled])
@@ -231,9 +238,9 @@ class Bench:
         out = []
         for cmd in (
             ["podman", "ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Labels}}"],
-            ["podman", "inspect", "evi-state", "--format",
+            ["podman", "inspect", "evi-state-addr", "--format",
              "evi-state IP: {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"],
-            ["podman", "exec", "evi-be", "timeout", "3", "getent", "hosts", "evi-state"],
+            ["podman", "exec", "evi-be", "timeout", "3", "getent", "ahosts", "evi-state"],
             ["podman", "exec", "evi-be", "cat", "/etc/hosts"],
             ["podman", "inspect", "evi-be", "--format", "{{.Id}} {{.Created}} {{.HostConfig.ExtraHosts}}"],
             ["podman", "exec", "evi-be", "sh", "-c", f"timeout 3 sh -c '{CLIENT_PING}'"],
@@ -347,16 +354,23 @@ class Bench:
         image = self.args.image
         t0 = time.perf_counter()
         # As evi-install does, so that clients need no DNS: a fixed subnet, evi-state
-        # at a fixed address and MAC, and a hosts entry in each client.
+        # at a fixed address and MAC, held by a container of its own in whose network
+        # namespace evi-state runs, and a hosts entry in each client.
         run(["podman", "network", "create", "--subnet", self.args.subnet, NETWORK])
         run(["podman", "secret", "create", "evi-state-password-v1", str(pw_file)])
         run(["podman", "secret", "create", "evi-valkey-url-v1", "-"], input=url)
         run(["podman", "volume", "create", VOLUME])
         run([
-            "podman", "run", "-d", "--name", "evi-state",
-            "--user", "valkey",
+            "podman", "run", "-d", "--name", "evi-state-addr",
             "--network", NETWORK, "--network-alias", "evi-state",
             "--ip", str(self.state_ip()), "--mac-address", self.state_mac(),
+            "--restart", "always",
+            image, "sh", "-c", HOLDER_SCRIPT,
+        ])
+        run([
+            "podman", "run", "-d", "--name", "evi-state",
+            "--user", "valkey",
+            "--network", "container:evi-state-addr",
             "--restart", "always",
             "-v", f"{self.conf}:{CONF_IN_CONTAINER}:ro",
             "-v", f"{VOLUME}:/data",

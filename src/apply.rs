@@ -227,6 +227,21 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
                 .create_volume(&step.name, &crate::desired::owned_labels())
                 .await
         }
+        // evi-state-addr takes evi-state's address: an evi-state made before it
+        // existed holds that address itself, and Podman removes no container
+        // another runs in the network namespace of. So evi-state goes first, and
+        // its own step, which follows, makes it anew.
+        Change::CreateContainer { spec } | Change::ReplaceContainer { spec }
+            if spec.name == STATE_ADDRESS_CONTAINER =>
+        {
+            engine
+                .remove_container(STATE_CONTAINER, crate::timeouts::STATE_STOP_SECS)
+                .await?;
+            engine
+                .remove_container(&spec.name, spec.stop_timeout)
+                .await?;
+            run_container(engine, spec, ui, opts).await
+        }
         Change::CreateContainer { spec } => run_container(engine, spec, ui, opts).await,
         // Two Valkeys must never share the data volume: evi-state goes first.
         Change::ReplaceContainer { spec } if spec.name == STATE_CONTAINER => {
@@ -444,7 +459,7 @@ mod tests {
         let p = plan(&desired, &Observed::default()).unwrap();
         let opts = Options::new(Duration::from_secs(1));
         let report = apply(&engine, &p, &Ui::silent(), &opts).await.unwrap();
-        assert_eq!(report.created, 6);
+        assert_eq!(report.created, 7);
         assert_eq!(
             engine.calls(),
             [
@@ -452,6 +467,11 @@ mod tests {
                 "create secret evi-state-password-v1",
                 "create network evi-net",
                 "create volume evi-state-data",
+                // (evi-state made before evi-state-addr existed would hold its address)
+                "remove container evi-state",
+                "remove container evi-state-addr",
+                "create container evi-state-addr",
+                "start container evi-state-addr",
                 "create container evi-state",
                 "start container evi-state",
                 &format!("exec evi-state sh -c {PING_SCRIPT}"),
@@ -488,7 +508,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(report.created, 6);
+        assert_eq!(report.created, 7);
         let calls = engine.calls();
         let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
         assert!(
@@ -529,7 +549,11 @@ mod tests {
         )
         .unwrap();
         let desired = build(&settings, "port 6379\n", SecretVersion(1));
-        let be = &desired.containers[1];
+        let be = desired
+            .containers
+            .iter()
+            .find(|c| c.name == "evi-be")
+            .unwrap();
         let [first, second] = [be.addresses[0], be.addresses[1]];
         for (held, expected) in [(Some(first), second), (Some(second), first), (None, first)] {
             let engine = FakeEngine::default();

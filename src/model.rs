@@ -25,6 +25,9 @@ pub const SECRET_VERSION_LABEL: &str = "io.evi-install.secret-version";
 pub const SECRET_ROLE_LABEL: &str = "io.evi-install.secret-role";
 
 pub const STATE_CONTAINER: &str = "evi-state";
+/// Holds evi-state's fixed address, MAC address and network alias on evi-net;
+/// evi-state runs in its network namespace. See `desired::ADDRESS_HOLDER_SCRIPT`.
+pub const STATE_ADDRESS_CONTAINER: &str = "evi-state-addr";
 pub const BACKEND_CONTAINER: &str = "evi-be";
 pub const WORKER_CONTAINER: &str = "evi-worker";
 pub const DATA_VOLUME: &str = "evi-state-data";

@@ -129,18 +129,30 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         keep(Kind::Volume, &desired.volume)
     });
 
+    // Containers made or started anew: one in the network namespace of such a
+    // container must be made anew too (desired lists the owner first).
+    let mut renewed: Vec<&str> = Vec::new();
     for spec in &desired.containers {
         let mounts_new_volume = volume_created
             && spec
                 .mounts
                 .iter()
                 .any(|m| matches!(m, Mount::Volume { .. }));
-        steps.push(container_step(
+        let owner_renewed = spec
+            .network_of
+            .as_deref()
+            .filter(|owner| renewed.contains(owner));
+        let container = container_step(
             spec,
             observed.containers.get(&spec.name),
             network_created,
             mounts_new_volume,
-        ));
+            owner_renewed,
+        );
+        if container.verb != Verb::Keep {
+            renewed.push(&spec.name);
+        }
+        steps.push(container);
     }
 
     if observed.boot_unit_enabled == Some(false) {
@@ -285,7 +297,7 @@ pub fn plan_down(
     let names: Vec<&str> = clients
         .iter()
         .map(|(_, _, name)| *name)
-        .chain([STATE_CONTAINER])
+        .chain([STATE_CONTAINER, STATE_ADDRESS_CONTAINER])
         .collect();
     for name in names {
         match observed.containers.get(name) {
@@ -350,6 +362,19 @@ pub fn plan_down(
     (Plan { steps }, skipped)
 }
 
+/// Our containers, in an order Podman can remove them in: evi-state before
+/// evi-state-addr, whose network namespace it runs in.
+fn on_network_removal_order(observed: &Observed) -> Vec<String> {
+    let mut names: Vec<String> = observed
+        .containers
+        .values()
+        .filter(|c| c.owned())
+        .map(|c| c.name.clone())
+        .collect();
+    names.sort_by_key(|n| n == STATE_ADDRESS_CONTAINER);
+    names
+}
+
 /// evi-net: created, kept, or re-created when its subnet is not the one the
 /// fixed addresses come from (a network made before addresses were fixed, or
 /// a changed `network_subnet`). The bool says whether the containers on it
@@ -399,12 +424,7 @@ fn network_step(desired: &Desired, observed: &Observed) -> Result<(Step, bool), 
             &reason,
             Change::ReplaceNetwork {
                 spec: spec.clone(),
-                containers: observed
-                    .containers
-                    .values()
-                    .filter(|c| c.owned())
-                    .map(|c| c.name.clone())
-                    .collect(),
+                containers: on_network_removal_order(observed),
             },
         ),
     };
@@ -439,6 +459,7 @@ fn container_step(
     observed: Option<&ObservedContainer>,
     network_created: bool,
     volume_created: bool,
+    owner_renewed: Option<&str>,
 ) -> Step {
     let create = |verb, reason: &str| {
         let change = match verb {
@@ -455,10 +476,12 @@ fn container_step(
         return create(Verb::Create, "missing");
     };
     let mut drift = drifted_fields(spec, current);
-    let detached = current
-        .networks
-        .as_ref()
-        .is_some_and(|n| !n.contains(&spec.network));
+    // (A container in another's network namespace is on no network itself.)
+    let detached = !spec.network.is_empty()
+        && current
+            .networks
+            .as_ref()
+            .is_some_and(|n| !n.contains(&spec.network));
     if detached && drift.is_empty() {
         drift.push(format!("attachment to {}", spec.network));
     }
@@ -473,6 +496,12 @@ fn container_step(
     }
     if volume_created {
         return create(Verb::Replace, "its data volume is being created");
+    }
+    if let Some(owner) = owner_renewed {
+        return create(
+            Verb::Replace,
+            &format!("it runs in the network namespace of {owner}, which is being (re-)started"),
+        );
     }
     if !current.running {
         return step(
@@ -586,7 +615,13 @@ mod tests {
                         labels: c.labels.clone(),
                         running: true,
                         state: "running".into(),
-                        networks: Some(vec![c.network.clone()]),
+                        // One in another's network namespace is on no network.
+                        networks: Some(
+                            Some(c.network.clone())
+                                .filter(|n| !n.is_empty())
+                                .into_iter()
+                                .collect(),
+                        ),
                     };
                     (c.name.clone(), o)
                 })
@@ -615,6 +650,7 @@ mod tests {
                 "Create secret evi-state-password-v1 + evi-valkey-url-v1",
                 "Create network evi-net",
                 "Create volume evi-state-data",
+                "Create container evi-state-addr",
                 "Create container evi-state",
                 "Create container evi-be",
                 "Create container evi-worker",
@@ -627,7 +663,7 @@ mod tests {
         let d = app();
         let p = plan(&d, &converged(&d)).unwrap();
         assert!(!p.has_changes(), "{:?}", summary(&p));
-        assert_eq!(p.count(Verb::Keep), 7);
+        assert_eq!(p.count(Verb::Keep), 8);
     }
 
     #[test]
@@ -659,6 +695,14 @@ mod tests {
                 ],
             ),
             (
+                "evi-state-addr stopped: evi-state must join its new network namespace",
+                |o| o.containers.get_mut("evi-state-addr").unwrap().running = false,
+                vec![
+                    "Start container evi-state-addr",
+                    "Replace container evi-state",
+                ],
+            ),
+            (
                 "evi-be disconnected from evi-net by hand",
                 |o| o.containers.get_mut("evi-be").unwrap().networks = Some(vec![]),
                 vec!["Replace container evi-be"],
@@ -668,6 +712,7 @@ mod tests {
                 |o| o.network.as_mut().unwrap().subnets = vec!["10.89.0.0/24".parse().unwrap()],
                 vec![
                     "Replace network evi-net",
+                    "Replace container evi-state-addr",
                     "Replace container evi-state",
                     "Replace container evi-be",
                     "Replace container evi-worker",
@@ -768,7 +813,7 @@ mod tests {
             // What is kept is kept as it is: the other service's replicas never move.
             assert_eq!(
                 p.count(Verb::Keep),
-                7 + (from.0.min(to.0) + from.1.min(to.1)) as usize - 2,
+                8 + (from.0.min(to.0) + from.1.min(to.1)) as usize - 2,
                 "{from:?} -> {to:?}"
             );
             let removed = p.steps.iter().find(|s| s.verb == Verb::Remove);
@@ -834,6 +879,7 @@ mod tests {
                 "Remove container evi-be-2",
                 "Remove container evi-be",
                 "Remove container evi-state",
+                "Remove container evi-state-addr",
                 "Remove network evi-net"
             ]
         );
@@ -852,7 +898,11 @@ mod tests {
         match &net.change {
             Change::ReplaceNetwork { spec, containers } => {
                 assert_eq!(spec.subnet, d.network_spec.subnet);
-                assert_eq!(containers, &["evi-be", "evi-state", "evi-worker"]);
+                // evi-state-addr last: evi-state runs in its network namespace.
+                assert_eq!(
+                    containers,
+                    &["evi-be", "evi-state", "evi-worker", "evi-state-addr"]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -980,13 +1030,14 @@ mod tests {
             [
                 "Remove container evi-worker",
                 "Remove container evi-state",
+                "Remove container evi-state-addr",
                 "Remove network evi-net"
             ]
         );
         assert_eq!(skipped, ["container evi-be"]);
         let (p, _) = plan_down(&o, "evi-net", "/s/valkey.conf", true);
         assert_eq!(
-            summary(&p)[3..],
+            summary(&p)[4..],
             [
                 "Remove volume evi-state-data",
                 "Remove secret evi-state-password-v1",
@@ -1064,6 +1115,7 @@ mod tests {
             "Remove container evi-worker",
             "Remove container evi-be",
             "Remove container evi-state",
+            "Remove container evi-state-addr",
             "Remove network evi-net",
         ];
         for (what, present, removed_first, expected_skipped) in cases {

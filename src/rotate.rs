@@ -316,7 +316,7 @@ pub async fn execute<E: Engine>(
             .containers
             .iter()
             .map(|c| &c.name)
-            .filter(|n| *n != STATE_CONTAINER && !moving.contains(n))
+            .filter(|n| replica_of(n).is_some() && !moving.contains(n))
             .cloned()
             .collect()
     } else {

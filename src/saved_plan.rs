@@ -237,7 +237,7 @@ mod tests {
                 r#"(container evi-worker): labels.extra differs: saved "1", now nothing"#.into(),
             ),
             (
-                |p| p.steps[4].change = Change::RemoveContainer,
+                |p| p.steps[5].change = Change::RemoveContainer,
                 r#"(container evi-state): action differs: saved "remove_container", now "create_container""#.into(),
             ),
             (
@@ -275,7 +275,7 @@ mod tests {
         saved.steps.pop();
         assert_eq!(
             first_difference(&saved, &now).unwrap(),
-            "it has 6 steps, the plan now has 7: step 7 (create container evi-worker) is missing from it"
+            "it has 7 steps, the plan now has 8: step 8 (create container evi-worker) is missing from it"
         );
         let mut saved = fresh();
         let mut extra = saved.steps[5].clone();
@@ -283,7 +283,7 @@ mod tests {
         saved.steps.push(extra);
         assert_eq!(
             first_difference(&saved, &now).unwrap(),
-            "it has 8 steps, the plan now has 7: step 8 (create container evi-extra) is not in the plan now"
+            "it has 9 steps, the plan now has 8: step 9 (create container evi-extra) is not in the plan now"
         );
     }
 

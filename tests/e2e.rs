@@ -26,7 +26,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     assert_eq!(dry.code, 2, "{}", dry.all());
     assert!(
         dry.stdout
-            .contains("Plan: 7 to create, 0 to replace, 0 to update, 0 unchanged."),
+            .contains("Plan: 8 to create, 0 to replace, 0 to update, 0 unchanged."),
         "{}",
         dry.stdout
     );
@@ -41,7 +41,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     assert_eq!(up.code, 0, "{}", up.all());
     assert!(
         up.stdout
-            .contains("Apply complete: 7 created, 0 replaced, 0 updated, 0 unchanged"),
+            .contains("Apply complete: 8 created, 0 replaced, 0 updated, 0 unchanged"),
         "{}",
         up.stdout
     );
@@ -89,13 +89,24 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
         "{}",
         up.stdout
     );
-    // evi-state has its fixed address; each client finds it through /etc/hosts,
-    // whatever the network's DNS does (the CNI lane has none).
+    // evi-state has its fixed address, held by evi-state-addr, in whose network
+    // namespace it runs; each client finds it through /etc/hosts, whatever the
+    // network's DNS does (the CNI lane has none).
     let state_ip = state_address();
     assert_eq!(
         podman_ok(&[
             "inspect",
             "evi-state",
+            "--format",
+            "{{.HostConfig.NetworkMode}}"
+        ])
+        .trim(),
+        format!("container:{}", container_id("evi-state-addr"))
+    );
+    assert_eq!(
+        podman_ok(&[
+            "inspect",
+            "evi-state-addr",
             "--format",
             "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
         ])
@@ -186,7 +197,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     }
     let networks = podman_ok(&[
         "inspect",
-        "evi-state",
+        "evi-state-addr",
         "--format",
         "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
     ]);
@@ -320,7 +331,7 @@ fn a_config_change_replaces_only_evi_state_and_keeps_the_data() {
     );
     assert!(
         dry.stdout
-            .contains("Plan: 0 to create, 1 to replace, 1 to update, 5 unchanged."),
+            .contains("Plan: 0 to create, 1 to replace, 1 to update, 6 unchanged."),
         "{}",
         dry.stdout
     );
@@ -349,7 +360,7 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
     assert_eq!(up.code, 0, "{}", up.all());
     assert!(
         up.stdout
-            .contains("Apply complete: 1 created, 0 replaced, 0 updated, 6 unchanged"),
+            .contains("Apply complete: 1 created, 0 replaced, 0 updated, 7 unchanged"),
         "{}",
         up.stdout
     );
@@ -358,7 +369,7 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
     let up = site.up(&[]);
     assert!(
         up.stdout
-            .contains("Apply complete: 1 created, 0 replaced, 0 updated, 6 unchanged"),
+            .contains("Apply complete: 1 created, 0 replaced, 0 updated, 7 unchanged"),
         "{}",
         up.stdout
     );
@@ -408,7 +419,7 @@ fn a_saved_plan_applies_unchanged_and_is_refused_after_a_host_change() {
     assert_eq!(dry.code, 0, "{}", dry.all());
     let out = site.up(&["--plan", plan.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.all());
-    assert!(out.stdout.contains("7 created"), "{}", out.stdout);
+    assert!(out.stdout.contains("8 created"), "{}", out.stdout);
     let password = site.password();
     assert_no_secret(
         &password,
@@ -469,7 +480,7 @@ fn without_podman_up_fails_with_the_fix_and_the_dry_run_still_plans() {
     let out = run(&["up", "--dry-run"]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stderr.contains("warning:"), "{}", out.stderr);
-    assert!(out.stdout.contains("Plan: 6 to create"), "{}", out.stdout);
+    assert!(out.stdout.contains("Plan: 7 to create"), "{}", out.stdout);
     assert!(!state.exists());
 }
 
@@ -486,13 +497,13 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
     let before = snapshot_podman();
     let dry = down(&["--dry-run"]);
     assert_eq!(dry.code, 0, "{}", dry.all());
-    assert!(dry.stdout.contains("4 to remove."), "{}", dry.stdout);
+    assert!(dry.stdout.contains("5 to remove."), "{}", dry.stdout);
     assert_eq!(snapshot_podman(), before, "a dry run removes nothing");
 
     let out = down(&[]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(
-        out.stdout.contains("Down complete: 4 removed"),
+        out.stdout.contains("Down complete: 5 removed"),
         "{}",
         out.stdout
     );

@@ -100,7 +100,7 @@ fn up_scales_one_three_two_one_with_the_minimum_of_changes_and_then_does_nothing
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(
         dry.stdout
-            .contains("Plan: 2 to create, 0 to replace, 0 to update, 7 unchanged."),
+            .contains("Plan: 2 to create, 0 to replace, 0 to update, 8 unchanged."),
         "{}",
         dry.stdout
     );
@@ -168,7 +168,7 @@ fn up_scales_one_three_two_one_with_the_minimum_of_changes_and_then_does_nothing
     assert_eq!(up.code, 2, "{}", up.all());
     assert!(
         up.stdout.contains(
-            "Plan: 0 to create, 0 to replace, 0 to update, 8 unchanged. (0 to start, 1 to remove.)"
+            "Plan: 0 to create, 0 to replace, 0 to update, 9 unchanged. (0 to start, 1 to remove.)"
         ),
         "{}",
         up.stdout
@@ -183,7 +183,7 @@ fn up_scales_one_three_two_one_with_the_minimum_of_changes_and_then_does_nothing
     assert_eq!(up.code, 2, "{}", up.all());
     assert!(
         up.stdout.contains(
-            "Plan: 1 to create, 0 to replace, 0 to update, 7 unchanged. (0 to start, 1 to remove.)"
+            "Plan: 1 to create, 0 to replace, 0 to update, 8 unchanged. (0 to start, 1 to remove.)"
         ),
         "{}",
         up.stdout

@@ -73,7 +73,9 @@ async fn observe<E: crate::engine::Engine>(
     engine: &E,
     settings: &Settings,
 ) -> Result<crate::model::Observed> {
-    use crate::model::{DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER, STATE_CONTAINER};
+    use crate::model::{
+        DATA_VOLUME, JOB_CONTAINER, PROBE_CONTAINER, STATE_ADDRESS_CONTAINER, STATE_CONTAINER,
+    };
     // Every replica and successor of each client, also those the settings no
     // longer ask for (a scale-down removes them), and the leftovers of an
     // interrupted run (probes, backup and restore helpers), which `down` removes.
@@ -83,7 +85,7 @@ async fn observe<E: crate::engine::Engine>(
         .chain([format!("{PROBE_CONTAINER}*")])
         .chain(crate::model::BACKUP_HELPERS.map(|p| format!("{p}*")))
         .collect();
-    let mut names = vec![STATE_CONTAINER, JOB_CONTAINER];
+    let mut names = vec![STATE_CONTAINER, STATE_ADDRESS_CONTAINER, JOB_CONTAINER];
     names.extend(patterns.iter().map(String::as_str));
     let mut observed = engine
         .observe(&settings.network, DATA_VOLUME, &names)
@@ -92,6 +94,7 @@ async fn observe<E: crate::engine::Engine>(
     // ours, so that someone else's container never enters a plan or its fingerprint.
     observed.containers.retain(|name, _| {
         name == STATE_CONTAINER
+            || name == STATE_ADDRESS_CONTAINER
             || crate::model::replica_of(name).is_some()
             || crate::model::is_leftover(name)
     });

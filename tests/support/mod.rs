@@ -169,11 +169,14 @@ pub fn reset_host() {
     // Stopped by request first: removing a container that its restart policy is
     // bringing back can leave its fixed address allocated in Podman's IPAM.
     let managed = podman_ok(&["ps", "-aq", "--filter", "label=io.evi-install.managed=true"]);
-    let mut names: Vec<&str> = vec!["evi-be", "evi-worker", "evi-state"];
+    let mut names: Vec<&str> = vec!["evi-be", "evi-worker", "evi-state", "evi-state-addr"];
     names.extend(managed.split_whitespace());
     let mut stop = vec!["stop", "--ignore", "--time", "0"];
     stop.extend(&names);
     podman(&stop);
+    // evi-state first: Podman removes no container another runs in the
+    // network namespace of (evi-state-addr).
+    podman_ok(&["rm", "--force", "--ignore", "--time", "0", "evi-state"]);
     let mut rm = vec!["rm", "--force", "--ignore", "--time", "0"];
     rm.extend(&names);
     podman_ok(&rm);
