@@ -141,16 +141,15 @@ def reset_host(state_dir, subnet):
     CONTAINERS_STORAGE_CONF): whatever evi-install labelled as its own (the clients'
     successors `evi-*-next`, the rotation job, the probes) and the fixed names (the CLI
     floor and podman-compose make unlabelled containers)."""
-    # evi-state first: Podman removes no container another runs in the network
-    # namespace of (evi-state-addr).
-    run(["podman", "rm", "--force", "--ignore", "--time", "0", "evi-state"])
+    # Podman refuses to remove a container that others depend on. So the clients
+    # first (podman-compose's depends_on makes them depend on evi-state), then
+    # evi-state (it runs in evi-state-addr's network namespace), then the rest.
+    for names in (CLIENTS, ["evi-state"]):
+        run(["podman", "rm", "--force", "--ignore", "--time", "0", *names])
     labelled = run(["podman", "ps", "-aq", "--filter", f"label={MANAGED_LABEL}"]).stdout.split()
     if labelled:
         run(["podman", "rm", "--force", "--ignore", "--time", "0", *labelled])
-    # Clients first: podman-compose's depends_on makes them depend on evi-state, and
-    # Podman refuses to remove a container that others depend on.
-    for names in (CLIENTS, OTHERS):
-        run(["podman", "rm", "--force", "--ignore", "--time", "0", *names])
+    run(["podman", "rm", "--force", "--ignore", "--time", "0", *OTHERS])
     if run(["podman", "network", "exists", NETWORK], check=False).returncode == 0:
         run(["podman", "network", "rm", "--force", NETWORK])
     remove_stale_bridges(subnet)
@@ -717,7 +716,7 @@ class ClientBench:
             if k not in ("EVI_CONFIG", "EVI_STATE_DIR", "CONTAINER_HOST")
         }
         self.evi_env["NO_COLOR"] = "1"
-        self.followers = []
+        self.followers = {}
 
     def evi(self, *args):
         return [self.args.bin, "--podman-url", self.args.podman_url,
