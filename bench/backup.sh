@@ -33,6 +33,8 @@ flock 9
 work=$(mktemp -d /var/tmp/evi-bench-backup.XXXXXX)
 reset() {
     $podman rm -f -t 0 evi-be evi-worker evi-state evi-restore evi-restore-check >/dev/null 2>&1 || true
+    # After evi-state, which runs in its network namespace.
+    $podman rm -f -t 0 evi-state-addr >/dev/null 2>&1 || true
     $podman network rm -f evi-net >/dev/null 2>&1 || true
     $podman volume rm -f evi-state-data >/dev/null 2>&1 || true
     for s in $($podman secret ls --format '{{.Name}}' | grep '^evi-' || true); do $podman secret rm "$s" >/dev/null; done
