@@ -265,6 +265,12 @@ pub struct ObservedContainer {
     /// The networks it is attached to, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<Vec<String>>,
+    /// When it last started (Unix seconds), where known: evi-state must not
+    /// have started before evi-state-addr, whose network namespace it uses.
+    /// Not part of a saved plan's host fingerprint (a restart alone changes it;
+    /// the plan it leads to is compared anyway).
+    #[serde(skip)]
+    pub started_at: Option<i64>,
 }
 
 impl ObservedContainer {

@@ -138,16 +138,27 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 .mounts
                 .iter()
                 .any(|m| matches!(m, Mount::Volume { .. }));
-        let owner_renewed = spec
-            .network_of
-            .as_deref()
-            .filter(|owner| renewed.contains(owner));
+        let current = observed.containers.get(&spec.name);
+        let owner_changed = spec.network_of.as_deref().and_then(|owner| {
+            if renewed.contains(&owner) {
+                Some(format!(
+                    "it runs in the network namespace of {owner}, which is being (re-)started"
+                ))
+            } else {
+                restarted_after(observed.containers.get(owner), current).then(|| {
+                    format!(
+                        "it runs in the network namespace of {owner}, which restarted after it \
+                         (it is cut off from the network)"
+                    )
+                })
+            }
+        });
         let container = container_step(
             spec,
-            observed.containers.get(&spec.name),
+            current,
             network_created,
             mounts_new_volume,
-            owner_renewed,
+            owner_changed,
         );
         if container.verb != Verb::Keep {
             renewed.push(&spec.name);
@@ -362,6 +373,21 @@ pub fn plan_down(
     (Plan { steps }, skipped)
 }
 
+/// Whether `owner` started after `dependent`, both running: a container that
+/// joined its owner's network namespace keeps the old one when the owner
+/// restarts (its restart policy, or by hand), and is then on no network.
+fn restarted_after(
+    owner: Option<&ObservedContainer>,
+    dependent: Option<&ObservedContainer>,
+) -> bool {
+    match (owner, dependent) {
+        (Some(o), Some(d)) if o.running && d.running => {
+            matches!((o.started_at, d.started_at), (Some(a), Some(b)) if a > b)
+        }
+        _ => false,
+    }
+}
+
 /// Our containers, in an order Podman can remove them in: evi-state before
 /// evi-state-addr, whose network namespace it runs in.
 fn on_network_removal_order(observed: &Observed) -> Vec<String> {
@@ -459,7 +485,7 @@ fn container_step(
     observed: Option<&ObservedContainer>,
     network_created: bool,
     volume_created: bool,
-    owner_renewed: Option<&str>,
+    owner_changed: Option<String>,
 ) -> Step {
     let create = |verb, reason: &str| {
         let change = match verb {
@@ -497,11 +523,8 @@ fn container_step(
     if volume_created {
         return create(Verb::Replace, "its data volume is being created");
     }
-    if let Some(owner) = owner_renewed {
-        return create(
-            Verb::Replace,
-            &format!("it runs in the network namespace of {owner}, which is being (re-)started"),
-        );
+    if let Some(reason) = owner_changed {
+        return create(Verb::Replace, &reason);
     }
     if !current.running {
         return step(
@@ -622,6 +645,7 @@ mod tests {
                                 .into_iter()
                                 .collect(),
                         ),
+                        started_at: Some(1_700_000_000),
                     };
                     (c.name.clone(), o)
                 })
@@ -701,6 +725,13 @@ mod tests {
                     "Start container evi-state-addr",
                     "Replace container evi-state",
                 ],
+            ),
+            (
+                "evi-state-addr restarted after evi-state (evi-state kept the old namespace)",
+                |o| {
+                    o.containers.get_mut("evi-state-addr").unwrap().started_at = Some(1_700_000_100)
+                },
+                vec!["Replace container evi-state"],
             ),
             (
                 "evi-be disconnected from evi-net by hand",

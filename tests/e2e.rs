@@ -379,6 +379,23 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
         state,
         "evi-state kept running throughout"
     );
+
+    // evi-state-addr restarted by hand (or by its restart policy): whatever
+    // Podman did to evi-state meanwhile, `up` leaves it reachable by clients
+    // (it ends on a fresh client's PONG), and so does `status` from inside
+    // each client.
+    podman_ok(&["restart", "-t", "0", "evi-state-addr"]);
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]

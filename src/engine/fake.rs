@@ -123,6 +123,7 @@ impl Engine for FakeEngine {
                     .into_iter()
                     .collect(),
             ),
+            started_at: None,
         };
         self.host
             .lock()

@@ -162,6 +162,7 @@ impl PodmanEngine {
                     running: state == "running",
                     state,
                     networks: c.networks.clone(),
+                    started_at: c.started_at.filter(|t| *t > 0),
                 },
             );
         }
