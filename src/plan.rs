@@ -148,7 +148,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 restarted_after(observed.containers.get(owner), current).then(|| {
                     format!(
                         "it runs in the network namespace of {owner}, which restarted after it \
-                         (it is cut off from the network)"
+                         and left it on no network"
                     )
                 })
             }

@@ -385,8 +385,18 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
     // (it ends on a fresh client's PONG), and so does `status` from inside
     // each client.
     podman_ok(&["restart", "-t", "0", "evi-state-addr"]);
+    let cut_off = site.evi().args(["status"]).run();
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
+    if cut_off.code != 0 {
+        // Podman 4.3 leaves evi-state in the old, now empty, network namespace.
+        assert!(
+            up.stdout.contains("which restarted after it and left it on no network"),
+            "{}\n{}",
+            cut_off.stdout,
+            up.stdout
+        );
+    }
     let status = site.evi().args(["status"]).run();
     assert_eq!(status.code, 0, "{}", status.all());
     assert!(
