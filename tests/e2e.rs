@@ -391,21 +391,14 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
     if cut_off.code != 0 {
         // Podman 4.3 leaves evi-state in the old, now empty, network namespace.
         assert!(
-            up.stdout.contains("which restarted after it and left it on no network"),
+            up.stdout
+                .contains("which restarted after it and left it on no network"),
             "{}\n{}",
             cut_off.stdout,
             up.stdout
         );
     }
-    let status = site.evi().args(["status"]).run();
-    assert_eq!(status.code, 0, "{}", status.all());
-    assert!(
-        status
-            .stdout
-            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
-        "{}",
-        status.stdout
-    );
+    assert_status_says_evi_be_reaches_evi_state(&site);
 }
 
 #[test]
@@ -898,15 +891,7 @@ fn an_evi_net_made_the_old_way_is_migrated_visibly() {
     ]);
     let expected = std::env::var("EVI_TEST_SUBNET").unwrap_or_else(|_| "10.90.213.0/24".into());
     assert_eq!(new_subnet.trim(), expected);
-    let status = site.evi().args(["status"]).run();
-    assert_eq!(status.code, 0, "{}", status.all());
-    assert!(
-        status
-            .stdout
-            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
-        "{}",
-        status.stdout
-    );
+    assert_status_says_evi_be_reaches_evi_state(&site);
 }
 
 /// The image contract (README "The image evi-state runs"): any image with
@@ -987,4 +972,18 @@ fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused(
     assert!(logs.contains("refusing to run Valkey as root"), "{logs}");
     assert!(!logs.contains("Ready to accept connections"), "{logs}");
     reset_host();
+}
+
+/// `status` exits 0, with evi-be's probe (from inside its network namespace)
+/// getting PONG.
+fn assert_status_says_evi_be_reaches_evi_state(site: &Site) {
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("evi-be     reaches evi-state: PONG with its VALKEY_URL"),
+        "{}",
+        status.stdout
+    );
 }
