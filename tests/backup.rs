@@ -130,8 +130,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn the_guides_data_survives_backup_purge_up_and_restore() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     seed();
@@ -305,8 +304,7 @@ fn volume_listing() -> String {
 
 #[test]
 fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     seed();
@@ -357,8 +355,7 @@ fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
 
 #[test]
 fn damaged_archives_and_a_missing_evi_state_fail_clearly_and_change_nothing() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     seed();

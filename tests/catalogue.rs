@@ -415,8 +415,7 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
 /// A server start that fails is reported with the server's own last words.
 #[test]
 fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     // An evi-state image without valkey-server: the start script's exec fails.
     let root = site.dir.path().join("rootfs");
@@ -468,8 +467,7 @@ fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
 /// The disk filling up while valkey.conf is written leaves the old file whole.
 #[test]
 fn a_full_disk_while_writing_the_config_leaves_the_old_file_intact() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     std::fs::create_dir_all(site.state_dir()).unwrap();
     let state = site.state_dir().display().to_string();

@@ -157,8 +157,7 @@ pub(crate) fn seqs_by_producer() -> BTreeMap<String, Vec<u64>> {
 
 #[test]
 fn real_clients_work_at_once_and_through_a_rotation_lose_no_task() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = client_site();
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());

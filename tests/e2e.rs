@@ -16,8 +16,7 @@ fn assert_no_secret(password: &str, what: &str, text: &str) {
 
 #[test]
 fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
 
     // The dry run on a fresh host: a plan, exit 2, and nothing changed.
@@ -262,8 +261,7 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
 
 #[test]
 fn the_server_refuses_to_start_without_a_usable_password() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     let script: Vec<String> = serde_json::from_str(&podman_ok(&[
@@ -309,8 +307,7 @@ fn the_server_refuses_to_start_without_a_usable_password() {
 
 #[test]
 fn a_config_change_replaces_only_evi_state_and_keeps_the_data() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     let entry = state_cli("xadd stream:tasks:email '*' type welcome");
@@ -349,8 +346,7 @@ fn a_config_change_replaces_only_evi_state_and_keeps_the_data() {
 
 #[test]
 fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     let state = container_id("evi-state");
@@ -403,8 +399,7 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
 
 #[test]
 fn a_foreign_container_under_our_name_stops_up_and_changes_nothing() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     podman_ok(&[
         "create",
@@ -431,8 +426,7 @@ fn a_foreign_container_under_our_name_stops_up_and_changes_nothing() {
 
 #[test]
 fn a_saved_plan_applies_unchanged_and_is_refused_after_a_host_change() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     let plan = site.dir.path().join("plan.json");
     let dry = site.up(&["--dry-run", "--out", plan.to_str().unwrap()]);
@@ -506,8 +500,7 @@ fn without_podman_up_fails_with_the_fix_and_the_dry_run_still_plans() {
 
 #[test]
 fn down_keeps_the_data_and_purge_removes_everything_we_own() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     state_cli("set op:keep me");
@@ -595,8 +588,7 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
 
 #[test]
 fn status_reports_health_drift_and_the_seed_guide_warnings() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("valkey:\n  maxmemory: 2mb\n");
     assert_eq!(site.up(&[]).code, 0);
     let status = |args: &[&str]| site.evi().args(["status"]).args(args).run();
@@ -707,8 +699,7 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
 /// evi-state.
 #[test]
 fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
@@ -833,8 +824,7 @@ impl std::fmt::Debug for Layer {
 /// the network and everything on it, and why, and clients reach evi-state after.
 #[test]
 fn an_evi_net_made_the_old_way_is_migrated_visibly() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     podman_ok(&[
         "network",

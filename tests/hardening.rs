@@ -23,8 +23,7 @@ fn edit_saved_spec(path: &std::path::Path, name: &str, edit: impl Fn(&mut serde_
 
 #[test]
 fn an_edited_saved_plan_is_refused_with_the_first_difference_and_changes_nothing() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     let saved = site.dir.path().join("plan.json");
     let dry = site.up(&["--dry-run", "--out", saved.to_str().unwrap()]);
@@ -88,8 +87,7 @@ fn kill(signal: &str, pid: u32) {
 #[test]
 fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
     require_test_hooks();
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     // A long pause after each action: the first Ctrl-C lands in it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
@@ -145,8 +143,7 @@ fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
 
 #[test]
 fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let extra = ["evi-rotate", "evi-probe-be", "evi-probe-mine"];
     let remove_extra = || {
         let mut args = vec!["rm", "--force", "--ignore", "--time", "0"];
@@ -208,8 +205,7 @@ fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
 #[test]
 fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
     require_test_hooks();
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
         .current_dir(site.dir.path())

@@ -68,8 +68,7 @@ fn stream_entries_all_kept() -> usize {
 
 #[test]
 fn under_memory_pressure_ttl_keys_go_stream_entries_stay_and_writes_fail_with_oom() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = pressure_site();
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());

@@ -86,8 +86,7 @@ fn our_clients() -> Vec<String> {
 
 #[test]
 fn up_scales_one_three_two_one_with_the_minimum_of_changes_and_then_does_nothing() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = idle_site(None, 1, 1);
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
@@ -281,8 +280,7 @@ fn consumer_of(name: &str) -> String {
 /// batch; in the end every task is acknowledged exactly once.
 #[test]
 fn a_killed_workers_tasks_are_reclaimed_and_every_task_is_acked_exactly_once() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let clients = test_client_image();
     // 20 tasks a second; each worker takes 200 ms a task (5 a second), so every
     // worker always holds a batch. Reclaim what has been idle for 5 s (longer than a
@@ -458,8 +456,7 @@ fn a_killed_workers_tasks_are_reclaimed_and_every_task_is_acked_exactly_once() {
 /// consume: no client ever sees an authentication failure, no task is lost.
 #[test]
 fn back_ends_see_each_others_invalidations_and_a_rotation_with_five_clients_refuses_none() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let clients = test_client_image();
     let site = site_with(&format!(
         "  evi-be:\n    image: {clients}\n    command: [node, /opt/evi-clients/producer.js]\n    \

@@ -108,8 +108,7 @@ fn follow_logs(name: &str) -> Child {
 
 #[test]
 fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = looping_site();
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
@@ -276,8 +275,7 @@ fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
 
 #[test]
 fn a_held_host_lock_makes_a_second_run_wait_then_fail_naming_the_holder() {
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
     std::fs::create_dir_all(site.state_dir()).unwrap();
     let lock_file = site.state_dir().join(".evi-install.lock");
@@ -355,8 +353,7 @@ fn interrupt_after_first_action(
 #[test]
 fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
     require_test_hooks();
-    let _lock = host_lock();
-    reset_host();
+    let _lock = fresh_host();
     let site = Site::new("");
 
     let (code, stdout, stderr) = interrupt_after_first_action(&site, &["up"], "INT", "created (");

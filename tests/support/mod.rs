@@ -163,6 +163,14 @@ pub fn podman_ok(args: &[&str]) -> String {
     out.stdout
 }
 
+/// Takes the host lock, then starts from a fresh host: how every test that
+/// creates the stack begins.
+pub fn fresh_host() -> HostGuard {
+    let lock = host_lock();
+    reset_host();
+    lock
+}
+
 /// Removes every resource evi-install could have created (and any foreign
 /// stand-in a test made), so each test starts from a fresh host.
 pub fn reset_host() {
