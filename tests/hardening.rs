@@ -84,6 +84,20 @@ fn kill(signal: &str, pid: u32) {
     assert!(ok, "kill -{signal} {pid}");
 }
 
+/// Reads `reader` line by line up to the first line that contains `marker`:
+/// all it read. Fails if the output ends first.
+fn read_until(reader: &mut impl BufRead, marker: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(reader.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+        if line.contains(marker) {
+            return seen;
+        }
+    }
+}
+
 #[test]
 fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
     require_test_hooks();
@@ -100,15 +114,7 @@ fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "{seen}");
-        seen.push_str(&line);
-        if line.contains("created (") {
-            break;
-        }
-    }
+    let mut seen = read_until(&mut stdout, "created (");
     kill("INT", child.id());
     std::thread::sleep(Duration::from_millis(500));
     let second = Instant::now();
@@ -218,15 +224,7 @@ fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
         .unwrap();
     drop(child.stderr.take());
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "{seen}");
-        seen.push_str(&line);
-        if line.contains("created (") {
-            break;
-        }
-    }
+    let seen = read_until(&mut stdout, "created (");
     kill("TERM", child.id());
     std::thread::sleep(Duration::from_millis(500));
     let second = Instant::now();
