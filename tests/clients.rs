@@ -155,6 +155,23 @@ pub(crate) fn seqs_by_producer() -> BTreeMap<String, Vec<u64>> {
     by
 }
 
+/// Asserts that each producer's `seq` numbers run 1..n with no hole, and
+/// leaves them sorted and unique; returns how many were sent twice. An XADD
+/// whose reply was lost to evi-state's restart is sent again: at least once,
+/// so a `seq` may appear twice, but none may be missing.
+pub(crate) fn assert_no_task_missing(seqs: &mut BTreeMap<String, Vec<u64>>) -> usize {
+    let mut duplicates = 0;
+    for (producer, seq) in seqs.iter_mut() {
+        let before = seq.len();
+        seq.sort_unstable();
+        seq.dedup();
+        duplicates += before - seq.len();
+        let expected: Vec<u64> = (1..=seq.len() as u64).collect();
+        assert_eq!(seq, &expected, "tasks of {producer}: none missing");
+    }
+    duplicates
+}
+
 #[test]
 fn real_clients_work_at_once_and_through_a_rotation_lose_no_task() {
     let _lock = fresh_host();
@@ -183,17 +200,7 @@ fn real_clients_work_at_once_and_through_a_rotation_lose_no_task() {
     // producer before and the producer after the rotation.
     let mut seqs = seqs_by_producer();
     assert_eq!(seqs.len(), 2, "one producer before, one after: {seqs:?}");
-    // An XADD whose reply was lost to a restart is sent again: at least once,
-    // so a `seq` may appear twice, but none may be missing.
-    let mut duplicates = 0;
-    for (producer, seq) in seqs.iter_mut() {
-        let before = seq.len();
-        seq.sort_unstable();
-        seq.dedup();
-        duplicates += before - seq.len();
-        let expected: Vec<u64> = (1..=seq.len() as u64).collect();
-        assert_eq!(seq, &expected, "tasks of {producer}: none missing");
-    }
+    let duplicates = assert_no_task_missing(&mut seqs);
 
     // What the clients saw: no refused password, ever.
     let mut seen = collected(old_be);

@@ -10,8 +10,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::clients::{
-    assert_drained, assert_working_within_patience, follow, followed_text, group_state, num,
-    parse_stats, seqs_by_producer, stats_lines, test_client_image,
+    assert_drained, assert_no_task_missing, assert_working_within_patience, follow, followed_text,
+    group_state, num, parse_stats, seqs_by_producer, stats_lines, test_client_image,
 };
 use crate::support::*;
 
@@ -528,17 +528,7 @@ fn back_ends_see_each_others_invalidations_and_a_rotation_with_five_clients_refu
         4,
         "two producers before the rotation, two after: {seqs:?}"
     );
-    // An XADD whose reply was lost to evi-state's restart is sent again: at least
-    // once, so a `seq` may appear twice, but none may be missing.
-    let mut duplicates = 0;
-    for (producer, seq) in seqs.iter_mut() {
-        let before = seq.len();
-        seq.sort_unstable();
-        seq.dedup();
-        duplicates += before - seq.len();
-        let expected: Vec<u64> = (1..=seq.len() as u64).collect();
-        assert_eq!(seq, &expected, "tasks of {producer}: none missing");
-    }
+    let duplicates = assert_no_task_missing(&mut seqs);
 
     let mut seen = Vec::new();
     for child in old {
