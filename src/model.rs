@@ -277,6 +277,15 @@ impl ObservedContainer {
     pub fn owned(&self) -> bool {
         is_owned(&self.labels)
     }
+
+    /// The password generation it was given, from its label.
+    pub fn secret_version(&self) -> Option<SecretVersion> {
+        self.labels
+            .get(SECRET_VERSION_LABEL)?
+            .parse()
+            .ok()
+            .map(SecretVersion)
+    }
 }
 
 pub fn is_owned(labels: &Labels) -> bool {

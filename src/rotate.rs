@@ -103,14 +103,6 @@ pub struct Rotation {
     pub steps: Vec<RotStep>,
 }
 
-fn label_version(labels: &Labels) -> Option<SecretVersion> {
-    labels
-        .get(SECRET_VERSION_LABEL)?
-        .parse()
-        .ok()
-        .map(SecretVersion)
-}
-
 /// Works out the steps from the observed host. Pure.
 pub fn plan_rotation(observed: &Observed, clients: &[&str]) -> Result<Rotation, String> {
     let run_up = "run `evi-install up` first";
@@ -124,7 +116,8 @@ pub fn plan_rotation(observed: &Observed, clients: &[&str]) -> Result<Rotation, 
         Some(c) => return Err(format!("evi-state is {}, not running; {run_up}", c.state)),
         None => return Err(format!("evi-state does not exist; {run_up}")),
     };
-    let from = label_version(&state.labels)
+    let from = state
+        .secret_version()
         .ok_or_else(|| format!("evi-state has no password generation label; {run_up}"))?;
     let owned = |name: String| observed.secrets.iter().any(|s| s.name == name && s.owned());
     let complete = |v: SecretVersion| owned(v.password_name()) && owned(v.url_name());
@@ -158,7 +151,7 @@ pub fn plan_rotation(observed: &Observed, clients: &[&str]) -> Result<Rotation, 
                 observed
                     .containers
                     .get(**name)
-                    .is_some_and(|c| label_version(&c.labels) != Some(v))
+                    .is_some_and(|c| c.secret_version() != Some(v))
             })
             .map(|name| name.to_string())
             .collect()
@@ -720,7 +713,7 @@ mod tests {
         assert_eq!(names, V1, "the new secrets are gone");
         let be = &host.containers["evi-be"];
         assert_eq!(
-            label_version(&be.labels),
+            be.secret_version(),
             Some(SecretVersion(1)),
             "evi-be is back on the old URL"
         );
@@ -755,7 +748,7 @@ mod tests {
         let host = engine.host.lock().unwrap().clone();
         for client in CLIENTS {
             assert_eq!(
-                label_version(&host.containers[client].labels),
+                host.containers[client].secret_version(),
                 Some(SecretVersion(1)),
                 "{client}"
             );
@@ -803,7 +796,7 @@ mod tests {
         );
         let host = engine.host.lock().unwrap().clone();
         assert_eq!(
-            label_version(&host.containers["evi-state"].labels),
+            host.containers["evi-state"].secret_version(),
             Some(SecretVersion(2))
         );
         // The rerun finishes the clean-up only.

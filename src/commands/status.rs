@@ -247,12 +247,7 @@ async fn client_reach<E: Engine>(
     clients.sort_by_key(|(service, r, _)| (*service, *r));
     let clients: Vec<&ObservedContainer> = clients.into_iter().map(|(_, _, c)| c).collect();
     let probes = clients.iter().map(|c| async move {
-        let version = c
-            .labels
-            .get(SECRET_VERSION_LABEL)
-            .and_then(|v| v.parse().ok())
-            .map(SecretVersion);
-        let reach = match version {
+        let reach = match c.secret_version() {
             None => Reach::Failed {
                 layer: crate::reach::Layer::Other,
                 detail: "no password generation label; run `evi-install up`".into(),
