@@ -540,15 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_successor_takes_the_address_its_predecessor_does_not_hold() {
-        let settings = from_yaml(
-            Some((
-                std::path::Path::new("evi.yaml"),
-                "services: { evi-be: { image: app } }",
-            )),
-            None,
-        )
-        .unwrap();
-        let desired = build(&settings, "port 6379\n", SecretVersion(1));
+        let (_tmp, _, desired) = fresh_site("app");
         let be = desired
             .containers
             .iter()

@@ -704,6 +704,19 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
     let status = || site.evi().args(["status"]).run();
+    // `status` exits 1 with evi-be's line naming the failed layer.
+    let status_fails = |layer: &str| {
+        let out = status();
+        assert_eq!(out.code, 1, "{}", out.all());
+        assert!(
+            out.stdout.contains(&format!(
+                "evi-be     CANNOT reach evi-state: {layer} failed"
+            )),
+            "{}",
+            out.stdout
+        );
+        out
+    };
     // The client's (result, layer) in `status --output json`, with the whole
     // document to show when it is not the one expected.
     let layer_of = |client: &str| -> Layer {
@@ -747,14 +760,7 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
         "grep -v evi-state /etc/hosts > /tmp/h && cat /tmp/h > /etc/hosts",
     ]);
     if std::env::var("EVI_TEST_NETWORK_BACKEND").as_deref() == Ok("cni") {
-        let out = status();
-        assert_eq!(out.code, 1, "{}", out.all());
-        assert!(
-            out.stdout
-                .contains("evi-be     CANNOT reach evi-state: name resolution failed"),
-            "{}",
-            out.stdout
-        );
+        status_fails("name resolution");
         assert_eq!(layer_of("evi-be"), ("failed", "name_resolution"));
     }
     let restore = format!("printf '%s' '{hosts}' > /etc/hosts");
@@ -764,14 +770,7 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
 
     // Connection: evi-be is taken off evi-net.
     podman_ok(&["network", "disconnect", "evi-net", "evi-be"]);
-    let out = status();
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stdout
-            .contains("evi-be     CANNOT reach evi-state: connection failed"),
-        "{}",
-        out.stdout
-    );
+    status_fails("connection");
     assert_eq!(layer_of("evi-be"), ("failed", "connection"));
     assert_eq!(layer_of("evi-worker"), ("ok", ""));
     // `up` sees it too and repairs it.
@@ -787,14 +786,7 @@ fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
 
     // Authentication: evi-state stops accepting the clients' password.
     state_cli("acl setuser default resetpass >SomeOtherPassword0123456789");
-    let out = status();
-    assert_eq!(out.code, 1, "{}", out.all());
-    assert!(
-        out.stdout
-            .contains("evi-be     CANNOT reach evi-state: authentication failed"),
-        "{}",
-        out.stdout
-    );
+    let out = status_fails("authentication");
     assert_eq!(layer_of("evi-worker"), ("failed", "authentication"));
     assert!(!out.all().contains(&site.password()));
 }

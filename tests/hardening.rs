@@ -84,6 +84,20 @@ fn kill(signal: &str, pid: u32) {
     assert!(ok, "kill -{signal} {pid}");
 }
 
+/// `up` with a long pause (8 s) after each action, for a signal to land in,
+/// its stdout and stderr piped.
+fn spawn_pausing_up(site: &Site) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_evi-install"))
+        .current_dir(site.dir.path())
+        .env("NO_COLOR", "1")
+        .env("EVI_INSTALL_TEST_STEP_DELAY_MS", "8000")
+        .args(["--podman-url", &site.podman.url, "up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Reads `reader` line by line up to the first line that contains `marker`:
 /// all it read. Fails if the output ends first.
 fn read_until(reader: &mut impl BufRead, marker: &str) -> String {
@@ -104,15 +118,7 @@ fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
     let _lock = fresh_host();
     let site = Site::new("");
     // A long pause after each action: the first Ctrl-C lands in it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
-        .current_dir(site.dir.path())
-        .env("NO_COLOR", "1")
-        .env("EVI_INSTALL_TEST_STEP_DELAY_MS", "8000")
-        .args(["--podman-url", &site.podman.url, "up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pausing_up(&site);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = read_until(&mut stdout, "created (");
     kill("INT", child.id());
@@ -213,15 +219,7 @@ fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
     require_test_hooks();
     let _lock = fresh_host();
     let site = Site::new("");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evi-install"))
-        .current_dir(site.dir.path())
-        .env("NO_COLOR", "1")
-        .env("EVI_INSTALL_TEST_STEP_DELAY_MS", "8000")
-        .args(["--podman-url", &site.podman.url, "up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pausing_up(&site);
     drop(child.stderr.take());
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let seen = read_until(&mut stdout, "created (");
