@@ -143,12 +143,15 @@ evi_socket_path() {
 }
 evi_pid_file() { printf '%s/podman-service.pid' "$EVI_TEST_DIR"; }
 
-evi_ping() {
+# True if the libpod service on socket $1 answers its ping (API version $2).
+evi_ping_socket() {
     local answer
-    answer="$(curl --silent --fail --max-time 2 --unix-socket "$(evi_socket_path)" \
-        http://d/v4.0.0/libpod/_ping 2>/dev/null)" || return 1
+    answer="$(curl --silent --fail --max-time 2 --unix-socket "$1" \
+        "http://d/$2/libpod/_ping" 2>/dev/null)" || return 1
     [[ "$answer" == OK ]]
 }
+
+evi_ping() { evi_ping_socket "$(evi_socket_path)" v4.0.0; }
 
 # True if PID is a live (not zombie) "podman system service" process. Checking the command
 # line guards against killing an unrelated process that reused a stale PID.
