@@ -55,8 +55,9 @@ YAML
 evi() { (cd "$work" && "$bin" --podman-url "$EVI_TEST_PODMAN_URL" "$@"); }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-auth='REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)"; export REDISCLI_AUTH'
-state() { $podman exec evi-state sh -c "$auth; valkey-cli --no-auth-warning $*"; }
+# As evi-install's own user (src/acl.rs): the clients' user may not run INFO persistence or BGREWRITEAOF.
+auth='REDISCLI_AUTH="$(cat /run/secrets/evi-admin-password)"; export REDISCLI_AUTH'
+state() { $podman exec evi-state sh -c "$auth; valkey-cli --no-auth-warning --user evi-admin $*"; }
 evi up >/dev/null
 
 # The data set: half stream entries (4 queues, 250-byte payloads), half cache
@@ -76,7 +77,7 @@ $podman exec evi-state sh -c "$auth; awk -v mb=$size_mb 'BEGIN {
         printf \"\\n\"; printf \"EXPIRE cache:db:item:%d 86400\\n\", i
     }
     for (q = 0; q < 4; q++) printf \"XREADGROUP GROUP workers w1 COUNT 1000 STREAMS stream:tasks:q%d >\\n\", q
-}' | valkey-cli --no-auth-warning --pipe >/dev/null"
+}' | valkey-cli --no-auth-warning --user evi-admin --pipe >/dev/null"
 state BGREWRITEAOF >/dev/null
 while state INFO persistence | tr -d '\r' | grep -q '^aof_rewrite_in_progress:1'; do sleep 0.5; done
 echo "filled in $(secs "$t" "$(now)") s" >&2

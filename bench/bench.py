@@ -53,11 +53,15 @@ CONF_IN_CONTAINER = "/usr/local/etc/valkey/valkey.conf"
 CLIENT_SCRIPT = "trap 'exit 0' TERM; sleep infinity & wait"
 # evi-install's ADDRESS_HOLDER_SCRIPT (src/desired.rs).
 HOLDER_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
-# evi-state's own readiness check (as evi-install's): password from the mounted secret.
+# evi-state's own readiness check (as evi-install's, src/acl.rs PING_SCRIPT): an
+# authenticated PING as evi-install's own user, its password from the mounted secret.
 STATE_PING = (
-    'REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" '
-    "exec valkey-cli --no-auth-warning -e ping"
+    'REDISCLI_AUTH="$(cat /run/secrets/evi-admin-password)" '
+    "exec valkey-cli --no-auth-warning --user evi-admin -e ping"
 )
+# The environment variable that carries the clients' ACL rules to evi-state's start
+# script; its value is read from evi-install's own evi-state (warm-up).
+RULES_ENV = "EVI_DEFAULT_USER_RULES"
 # What a client does: the password from its VALKEY_URL (redis://:PW@evi-state:6379),
 # handed to valkey-cli in the environment (valkey-cli 8.1 refuses `-u redis://:PW@...`).
 CLIENT_PING = (
@@ -184,6 +188,7 @@ class Bench:
         self.evi_env["NO_COLOR"] = "1"
         self.compose_env = None
         self.state_cmd = None
+        self.rules = None
         self.samples = {}
         self.notes = []
 
@@ -284,6 +289,10 @@ class Bench:
         self.state_cmd = self.state_cmd_now()
         if self.state_cmd[:2] != ["sh", "-c"] or len(self.state_cmd) != 3:
             raise BenchError(f"unexpected evi-state command: {self.state_cmd}")
+        env = json.loads(run(["podman", "inspect", "evi-state", "--format", "{{json .Config.Env}}"]).stdout)
+        self.rules = next((e.split("=", 1)[1] for e in env if e.startswith(RULES_ENV + "=")), None)
+        if not self.rules:
+            raise BenchError(f"evi-state has no {RULES_ENV} in its environment")
         shutil.copyfile(self.state_dir / "valkey" / "valkey.conf", self.conf)
         self.conf.chmod(0o644)
         self.reset()
@@ -295,6 +304,8 @@ class Bench:
             EVI_BENCH_IMAGE=image,
             EVI_BENCH_CONF=str(self.conf),
             EVI_BENCH_PASSWORD_FILE=str(self.tmp / "compose-password"),
+            EVI_BENCH_ADMIN_PASSWORD_FILE=str(self.tmp / "compose-admin-password"),
+            EVI_BENCH_RULES=self.rules,
             EVI_BENCH_STATE_SCRIPT=self.state_cmd[2],
             EVI_BENCH_CLIENT_SCRIPT=CLIENT_SCRIPT,
         )
@@ -357,6 +368,7 @@ class Bench:
         # namespace evi-state runs, and a hosts entry in each client.
         run(["podman", "network", "create", "--subnet", self.args.subnet, NETWORK])
         run(["podman", "secret", "create", "evi-state-password-v1", str(pw_file)])
+        run(["podman", "secret", "create", "evi-admin-password", "-"], input=new_password())
         run(["podman", "secret", "create", "evi-valkey-url-v1", "-"], input=url)
         run(["podman", "volume", "create", VOLUME])
         run([
@@ -374,6 +386,8 @@ class Bench:
             "-v", f"{self.conf}:{CONF_IN_CONTAINER}:ro",
             "-v", f"{VOLUME}:/data",
             "--secret", "evi-state-password-v1,target=evi-state-password,mode=0444",
+            "--secret", "evi-admin-password,target=evi-admin-password,mode=0444",
+            "-e", f"{RULES_ENV}={self.rules}",
             image, *self.state_cmd,
         ])
         deadline = time.perf_counter() + READY_TIMEOUT
@@ -412,6 +426,9 @@ class Bench:
         pw_file.write_text(pw)
         # A bind-mounted file secret: the valkey user in the container must read it.
         pw_file.chmod(0o444)
+        admin_file = Path(self.compose_env["EVI_BENCH_ADMIN_PASSWORD_FILE"])
+        admin_file.write_text(new_password())
+        admin_file.chmod(0o444)
         url = f"redis://:{pw}@evi-state:6379"
         t0 = time.perf_counter()
         run(["podman", "secret", "create", "evi-valkey-url-v1", "-"], input=url)
@@ -582,8 +599,8 @@ GAP_TARGET_MS = 1000
 # the command comes as arguments, so nothing is quoted into the script. --json: RESP3
 # replies as JSON.
 STATE_CLI = (
-    'REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" '
-    'exec valkey-cli --no-auth-warning -e --json "$@"'
+    'REDISCLI_AUTH="$(cat /run/secrets/evi-admin-password)" '
+    'exec valkey-cli --no-auth-warning --user evi-admin -e --json "$@"'
 )
 
 

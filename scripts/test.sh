@@ -35,7 +35,7 @@ trap 'exit 143' TERM
 step() { printf '\n===== %s =====\n' "$*"; }
 
 # The modules that talk to Podman; the unit and CLI tests do not depend on the host.
-E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure:: replicas::)
+E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure:: replicas:: permissions::)
 
 # The schema validator of the `export kubernetes` tests (tests/export.rs): pinned, offline
 # once installed, in a venv under target/ so nothing outside the checkout changes.

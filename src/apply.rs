@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::engine::{create_secret_pair, Engine};
+use crate::engine::{create_admin_secret, create_secret_pair, Engine};
 use crate::fsutil::write_atomic;
 use crate::model::*;
 use crate::plan_view::{symbol, verb_word};
@@ -200,10 +200,14 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
         Change::WriteConfig { content } => {
             write_atomic(std::path::Path::new(&step.name), content.as_bytes(), 0o644)
         }
-        Change::CreateSecrets { version } => {
+        Change::CreateSecrets { version, admin } => {
+            if *admin {
+                create_admin_secret(engine).await?;
+            }
             let password = Password::generate()?;
             create_secret_pair(engine, *version, &password).await
         }
+        Change::CreateAdminSecret => create_admin_secret(engine).await,
         Change::CreateNetwork { spec } => {
             engine
                 .create_network(&step.name, &crate::desired::owned_labels(), spec)
@@ -377,10 +381,9 @@ pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
     }
 }
 
-/// Asks evi-state for an authenticated PING until it answers PONG. The
-/// password is read from the secret inside the container and handed to
-/// valkey-cli in its environment (`REDISCLI_AUTH`), never in arguments.
-pub const PING_SCRIPT: &str = r#"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" exec valkey-cli --no-auth-warning -e ping"#;
+/// Asks evi-state for an authenticated PING (as `evi-admin`, `acl::PING_SCRIPT`)
+/// until it answers PONG.
+pub use crate::acl::PING_SCRIPT;
 
 pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> {
     // A local Valkey is usually up within a few tens of ms.
@@ -463,6 +466,7 @@ mod tests {
         assert_eq!(
             engine.calls(),
             [
+                "create secret evi-admin-password",
                 "create secret evi-valkey-url-v1",
                 "create secret evi-state-password-v1",
                 "create network evi-net",
@@ -481,9 +485,10 @@ mod tests {
         );
         // The URL secret holds exactly the password secret's value in the seed's URL form.
         let values = engine.secret_values.lock().unwrap().clone();
+        assert_eq!(values[0].0, ADMIN_SECRET);
         assert_eq!(
-            values[0].1,
-            format!("redis://:{}@evi-state:6379", values[1].1)
+            values[1].1,
+            format!("redis://:{}@evi-state:6379", values[2].1)
         );
 
         let mut host = engine.host.lock().unwrap().clone();

@@ -12,62 +12,13 @@ use crate::model::*;
 use crate::render::{effective_hash, hex};
 use crate::settings::{Service, Settings};
 
-/// evi-state's command. It reads the password from the mounted secret and
-/// hands it to valkey-server as an extra config line on stdin (`-`), so the
-/// password is in neither the config file nor any process's arguments (`read`
-/// and the here-document are shell built-ins; `exec` leaves valkey-server as
-/// PID 1 so it receives SIGTERM and shuts down cleanly).
+/// evi-state's command: keeps the ACL file (users `default` and `evi-admin`,
+/// hashes only) right, then drops to the image's `valkey` user and runs
+/// valkey-server. See the script's own header for how each password is kept.
 ///
-/// The container starts as root only to read the secret, which is mounted
-/// 0400 root: no process of the running server, which `setpriv` drops to the
-/// image's `valkey` user (as the official image's entrypoint does), can read
-/// the secret file again.
-///
-/// It fails closed: a missing, empty or malformed secret stops the start,
-/// because `valkey-server CONF -` with an empty stdin would run with no password.
-pub const STATE_START_SCRIPT: &str = r#"set -eu
-secret=/run/secrets/evi-state-password
-if [ ! -r "$secret" ]; then
-  echo "evi-state: password secret $secret is missing or unreadable; refusing to start without a password" >&2
-  exit 78
-fi
-pw=
-IFS= read -r pw < "$secret" || true
-case "$pw" in
-  ""|*[!A-Za-z0-9]*)
-    echo "evi-state: password secret is empty or malformed; refusing to start without a password" >&2
-    exit 78 ;;
-esac
-# During a rotation the next password is mounted too, and accepted beside the first.
-next=
-if [ -e /run/secrets/evi-state-password-next ]; then
-  IFS= read -r next < /run/secrets/evi-state-password-next || true
-  case "$next" in
-    ""|*[!A-Za-z0-9]*)
-      echo "evi-state: the next password secret is empty or malformed; refusing to start" >&2
-      exit 78 ;;
-  esac
-fi
-set --
-if [ "$(id -u)" = 0 ]; then
-  # Never run Valkey as root: drop to the image's valkey user, or refuse.
-  if ! id valkey >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1; then
-    echo "evi-state: the image has no valkey user or no setpriv to drop privileges to it; refusing to run Valkey as root" >&2
-    exit 78
-  fi
-  # As the official image's entrypoint does: /data belongs to the server's user, also on
-  # a volume that root created or restored.
-  if command -v find >/dev/null 2>&1; then
-    find /data \! -user valkey -exec chown valkey:valkey '{}' +
-  else
-    chown -R valkey:valkey /data
-  fi
-  set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
-fi
-exec "$@" valkey-server /usr/local/etc/valkey/valkey.conf - <<EOF
-user default on >$pw${next:+ >$next} ~* &* +@all
-EOF
-"#;
+/// The container starts as root only to read the secrets, which are mounted
+/// 0400 root: no process of the running server can read them again.
+pub const STATE_START_SCRIPT: &str = include_str!("../templates/container/evi-state-start.sh");
 
 /// The command of evi-state-addr, the container that holds evi-state's place
 /// on evi-net: its fixed address, MAC address and alias. evi-state runs in its
@@ -127,23 +78,37 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
                 target: "/data".to_string(),
             },
         ],
-        secrets: vec![SecretUse::File {
-            secret: version.password_name(),
-            target: PASSWORD_SECRET_TARGET.to_string(),
-            // Root-only: the start script reads it before dropping to `valkey`.
-            mode: 0o400,
-        }],
+        // Root-only: the start script reads them before dropping to `valkey`.
+        // The clients' password only seeds the ACL file on a first start; after
+        // that the file holds what rotations made of it (see `field_hashes`).
+        secrets: vec![
+            SecretUse::File {
+                secret: ADMIN_SECRET.to_string(),
+                target: ADMIN_SECRET_TARGET.to_string(),
+                mode: 0o400,
+            },
+            SecretUse::File {
+                secret: version.password_name(),
+                target: PASSWORD_SECRET_TARGET.to_string(),
+                mode: 0o400,
+            },
+        ],
         // In evi-state-addr's network namespace: on evi-net through it.
         network: String::new(),
         aliases: vec![],
-        env: BTreeMap::new(),
+        env: BTreeMap::from([(
+            crate::acl::RULES_ENV.to_string(),
+            crate::acl::DEFAULT_USER_RULES.to_string(),
+        )]),
         addresses: vec![],
         hosts: vec![],
         network_of: Some(STATE_ADDRESS_CONTAINER.to_string()),
         restart: "always".to_string(),
         stop_timeout: crate::timeouts::STATE_STOP_SECS,
         config_hash: Some(effective_hash(conf)),
-        secret_version: Some(version),
+        // Not tied to a generation: a rotation changes the passwords in
+        // evi-state's ACL file at run time and never re-creates it.
+        secret_version: None,
         labels: Labels::new(),
     });
 
@@ -173,7 +138,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         // (Those of replicas 2..N are found on the host by the planner.)
         unwanted.push(successor_name(name));
     }
-    // Left over if a run was killed while its job or probe ran.
+    // Left over if a run was killed while its rotation helper or probe ran.
     unwanted.extend([JOB_CONTAINER.to_string(), PROBE_CONTAINER.to_string()]);
 
     Desired {
@@ -237,7 +202,7 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
         ),
         ("user".to_string(), hash(serde_json::json!(spec.user))),
         ("mounts".to_string(), hash(serde_json::json!(spec.mounts))),
-        ("secrets".to_string(), hash(serde_json::json!(spec.secrets))),
+        ("secrets".to_string(), hash(secrets_for_hash(spec))),
         (
             "network".to_string(),
             hash(serde_json::json!([
@@ -264,6 +229,25 @@ pub fn field_hashes(spec: &ContainerSpec) -> BTreeMap<String, String> {
     fields
 }
 
+/// The secrets as they count for drift. evi-state mounts the clients'
+/// password only to seed its ACL file on a first start, so which generation
+/// it mounts does not count: a rotation, which changes the passwords in the
+/// ACL file at run time, never makes evi-state differ from the settings.
+fn secrets_for_hash(spec: &ContainerSpec) -> serde_json::Value {
+    if spec.name != STATE_CONTAINER {
+        return serde_json::json!(spec.secrets);
+    }
+    let targets: Vec<String> = spec
+        .secrets
+        .iter()
+        .map(|s| match s {
+            SecretUse::File { target, mode, .. } => format!("{target}:{mode:o}"),
+            SecretUse::Env { var, .. } => var.clone(),
+        })
+        .collect();
+    serde_json::json!(targets)
+}
+
 fn short_hash(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))[..12].to_string()
 }
@@ -285,24 +269,6 @@ fn with_labels(mut spec: ContainerSpec) -> ContainerSpec {
         spec.labels
             .insert(SECRET_VERSION_LABEL.to_string(), version.0.to_string());
     }
-    spec
-}
-
-/// evi-state as in `state`, also accepting generation `next`'s password (its
-/// secret mounted beside the first): the first step of a rotation. Valkey's
-/// ACL changes made at run time are lost on a restart; a mounted secret is
-/// not, so whenever a client may hold either password, evi-state accepts both,
-/// even after a crash and a restart by its restart policy.
-pub fn also_accepting(state: &ContainerSpec, next: SecretVersion) -> ContainerSpec {
-    let mut spec = state.clone();
-    spec.secrets.push(SecretUse::File {
-        secret: next.password_name(),
-        target: NEXT_PASSWORD_SECRET_TARGET.to_string(),
-        mode: 0o400,
-    });
-    let mut spec = with_labels(spec);
-    spec.labels
-        .insert(ACCEPTS_LABEL.to_string(), next.0.to_string());
     spec
 }
 
@@ -447,8 +413,9 @@ mod tests {
         let a = build(&s, "x 1\n", SecretVersion(1));
         let b = build(&s, "x 1\n", SecretVersion(2));
         for (x, y) in a.containers.iter().zip(&b.containers) {
-            // Only the address holder has no password to change.
-            let same = x.name == STATE_ADDRESS_CONTAINER;
+            // The address holder has no password; evi-state's passwords
+            // change at run time (its mounted one only seeds the ACL file).
+            let same = x.name == STATE_ADDRESS_CONTAINER || x.name == STATE_CONTAINER;
             assert_eq!(
                 x.labels[HASH_LABEL] == y.labels[HASH_LABEL],
                 same,
@@ -459,20 +426,19 @@ mod tests {
     }
 
     #[test]
-    fn start_script_expands_the_password_only_in_builtins() {
+    fn start_script_expands_passwords_only_in_builtins() {
+        // `pw` is set by `read` and reaches sha256sum through a pipe from `printf`.
         let uses: Vec<&str> = STATE_START_SCRIPT
             .lines()
             .map(str::trim)
-            .filter(|l| l.contains("pw"))
+            .filter(|l| !l.starts_with('#') && l.contains("$pw"))
             .collect();
         assert_eq!(
             uses,
-            [
-                "pw=",
-                "IFS= read -r pw < \"$secret\" || true",
-                "case \"$pw\" in",
-                "user default on >$pw${next:+ >$next} ~* &* +@all"
-            ]
+            ["case \"$pw\" in", "h=$(printf '%s' \"$pw\" | sha256sum)"]
         );
+        assert!(STATE_START_SCRIPT.contains(CONF_IN_CONTAINER));
+        assert!(STATE_START_SCRIPT.contains(&format!("/run/secrets/{ADMIN_SECRET_TARGET}")));
+        assert!(STATE_START_SCRIPT.contains(&format!("/run/secrets/{PASSWORD_SECRET_TARGET}")));
     }
 }

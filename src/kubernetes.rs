@@ -28,8 +28,8 @@ use serde_json::{json, Map, Value};
 use crate::apply::PING_SCRIPT;
 use crate::desired::STATE_START_SCRIPT;
 use crate::model::{
-    BACKEND_CONTAINER, CONF_IN_CONTAINER, DATA_VOLUME, PASSWORD_SECRET_TARGET, STATE_CONTAINER,
-    URL_ENV, WORKER_CONTAINER,
+    ADMIN_SECRET_TARGET, BACKEND_CONTAINER, CONF_IN_CONTAINER, DATA_VOLUME, PASSWORD_SECRET_TARGET,
+    STATE_CONTAINER, URL_ENV, WORKER_CONTAINER,
 };
 use crate::render::effective_hash;
 use crate::secret::Password;
@@ -40,6 +40,9 @@ use crate::timeouts::{CLIENT_STOP_SECS, STATE_STOP_SECS};
 pub const SECRET_NAME: &str = "evi-state";
 pub const SECRET_PASSWORD_KEY: &str = "password";
 pub const SECRET_URL_KEY: &str = "valkey-url";
+/// evi-install's own Valkey user's password (`evi-admin`), for the readiness
+/// probe and for an operator's administrative commands.
+pub const SECRET_ADMIN_KEY: &str = "admin-password";
 /// The ConfigMap that holds valkey.conf.
 pub const CONFIG_MAP_NAME: &str = "evi-state-config";
 pub const VALKEY_PORT: u16 = 6379;
@@ -164,7 +167,7 @@ pub const SECRET_HEADER: &str =
     "# Written by `evi-install export kubernetes --with-secret`. It holds the password: apply it, then delete this file.";
 
 /// The Secret with a password: the one document that holds it (`--with-secret`).
-pub fn secret_manifest(password: &Password, opts: &Options) -> Manifest {
+pub fn secret_manifest(password: &Password, admin: &Password, opts: &Options) -> Manifest {
     let mut manifest = document(
         "v1",
         "Secret",
@@ -176,6 +179,7 @@ pub fn secret_manifest(password: &Password, opts: &Options) -> Manifest {
             "stringData": {
                 SECRET_PASSWORD_KEY: password.expose(),
                 SECRET_URL_KEY: password.valkey_url(STATE_CONTAINER),
+                SECRET_ADMIN_KEY: admin.expose(),
             },
         }),
     );
@@ -267,6 +271,8 @@ fn state_deployment(settings: &Settings, conf: &str, opts: &Options) -> Manifest
                 // mounted Secret and fails closed without one. Running as
                 // `valkey` already, it skips its own privilege drop.
                 "command": ["sh", "-c", STATE_START_SCRIPT],
+                // The clients' rules, as `up` gives them (see acl.rs).
+                "env": [{ "name": crate::acl::RULES_ENV, "value": crate::acl::DEFAULT_USER_RULES }],
                 "ports": [{ "name": "valkey", "containerPort": VALKEY_PORT, "protocol": "TCP" }],
                 "readinessProbe": {
                     // `up`'s readiness check: PONG to an authenticated PING, the
@@ -302,7 +308,10 @@ fn state_deployment(settings: &Settings, conf: &str, opts: &Options) -> Manifest
                     "name": "password",
                     "secret": {
                         "secretName": SECRET_NAME,
-                        "items": [{ "key": SECRET_PASSWORD_KEY, "path": PASSWORD_SECRET_TARGET }],
+                        "items": [
+                            { "key": SECRET_PASSWORD_KEY, "path": PASSWORD_SECRET_TARGET },
+                            { "key": SECRET_ADMIN_KEY, "path": ADMIN_SECRET_TARGET },
+                        ],
                         // 0444, not 0440 with fsGroup: podman kube play leaves
                         // Secret files root-owned. Only the valkey user runs in
                         // this pod, and it reads the file anyway.
@@ -788,8 +797,11 @@ mod tests {
             assert!(!m.yaml.contains("kind: Secret"));
         }
         let password = Password::generate().unwrap();
-        let secret = secret_manifest(&password, &opts);
+        let admin = Password::generate().unwrap();
+        let secret = secret_manifest(&password, &admin, &opts);
         assert!(secret.yaml.contains(password.expose()));
+        assert!(secret.yaml.contains(admin.expose()));
+        assert!(ms.iter().all(|m| !m.yaml.contains(admin.expose())));
         assert!(secret.yaml.starts_with(&format!("{SECRET_HEADER}\n")));
         assert!(ms.iter().all(|m| !m.yaml.contains(password.expose())));
         let doc = parsed(&secret);

@@ -3,6 +3,7 @@
 //! `main` parses the command line, runs one command, prints any error once
 //! (on one line, secrets redacted) and maps it to an exit code.
 
+mod acl;
 mod addressing;
 mod apply;
 mod backup;
@@ -20,7 +21,7 @@ mod plan;
 mod plan_view;
 mod reach;
 mod render;
-mod rotate;
+mod rotation;
 mod saved_plan;
 mod secret;
 mod settings;

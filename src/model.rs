@@ -90,11 +90,12 @@ pub const BACKUP_HELPERS: [&str; 3] = ["evi-restore", "evi-backup-", "evi-verify
 /// Where evi-state finds its config and its password inside the container.
 pub const CONF_IN_CONTAINER: &str = "/usr/local/etc/valkey/valkey.conf";
 pub const PASSWORD_SECRET_TARGET: &str = "evi-state-password";
-/// During a rotation evi-state also mounts the next generation's password
-/// here, and accepts it too: a restart at any moment keeps both.
+/// evi-install's own credential (Valkey user `evi-admin`): one secret, mounted
+/// into evi-state only, never into a client. See `acl.rs`.
+pub const ADMIN_SECRET: &str = "evi-admin-password";
+pub const ADMIN_SECRET_TARGET: &str = "evi-admin-password";
+/// The rotation's helper mounts the generation it moves to here.
 pub const NEXT_PASSWORD_SECRET_TARGET: &str = "evi-state-password-next";
-/// On evi-state during a rotation: the generation it accepts besides its own.
-pub const ACCEPTS_LABEL: &str = "io.evi-install.also-accepts";
 pub const URL_ENV: &str = "VALKEY_URL";
 /// Podman's own unit that starts every container with restart policy
 /// `always` at boot: on Podman 4.3 (no Quadlet) it is what brings the stack back.
@@ -305,7 +306,8 @@ pub struct Observed {
     #[serde(skip)]
     pub other_subnets: Vec<(String, Ipv4Net)>,
     pub volume: Option<ObservedResource>,
-    /// Secrets whose names evi-install uses (`evi-state-password-v*`, `evi-valkey-url-v*`).
+    /// Secrets whose names evi-install uses (`evi-state-password-v*`,
+    /// `evi-valkey-url-v*`, `evi-admin-password`).
     pub secrets: Vec<ObservedResource>,
     /// Containers under our names, by name.
     pub containers: BTreeMap<String, ObservedContainer>,
@@ -314,6 +316,13 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// Whether evi-install's own password exists (and is ours).
+    pub fn has_admin_secret(&self) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| s.name == ADMIN_SECRET && s.owned())
+    }
+
     /// The newest password generation with both secrets present and owned.
     pub fn current_secret_version(&self) -> Option<SecretVersion> {
         let has = |name: String| self.secrets.iter().any(|s| s.name == name && s.owned());
@@ -325,6 +334,17 @@ impl Observed {
             .rev()
             .find(|v| has(v.password_name()) && has(v.url_name()))
     }
+}
+
+/// Whether a secret name is one evi-install looks after: a generation's
+/// password or URL, or the admin secret.
+pub fn is_our_secret(name: &str) -> bool {
+    name == ADMIN_SECRET
+        || secret_version_of(&ObservedResource {
+            name: name.to_string(),
+            ..Default::default()
+        })
+        .is_some()
 }
 
 /// The generation a secret belongs to, read from its name.
@@ -370,10 +390,16 @@ pub enum Change {
     WriteConfig {
         content: String,
     },
-    /// Create a new password and its two secrets under these names.
+    /// Create a new password and its two secrets under these names (and,
+    /// with `admin`, evi-install's own password in `ADMIN_SECRET`).
     CreateSecrets {
         version: SecretVersion,
+        #[serde(default)]
+        admin: bool,
     },
+    /// Create evi-install's own password in `ADMIN_SECRET` (a host set up
+    /// before it existed).
+    CreateAdminSecret,
     CreateNetwork {
         spec: NetworkSpec,
     },

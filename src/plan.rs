@@ -102,16 +102,25 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 
     let version = desired.secret_version;
     let secrets_name = format!("{} + {}", version.password_name(), version.url_name());
-    if observed.current_secret_version() == Some(version) {
-        steps.push(keep(Kind::Secret, &secrets_name));
-    } else {
+    let admin = !observed.has_admin_secret();
+    if observed.current_secret_version() != Some(version) {
         steps.push(step(
             Kind::Secret,
             &secrets_name,
             Verb::Create,
             "no password yet: a new one is generated and never shown",
-            Change::CreateSecrets { version },
+            Change::CreateSecrets { version, admin },
         ));
+    } else if admin {
+        steps.push(step(
+            Kind::Secret,
+            ADMIN_SECRET,
+            Verb::Create,
+            "evi-install's own Valkey user has no password yet: one is generated and never shown",
+            Change::CreateAdminSecret,
+        ));
+    } else {
+        steps.push(keep(Kind::Secret, &secrets_name));
     }
 
     let (network_step, network_created) = network_step(desired, observed)?;
@@ -210,7 +219,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     }
 
     for secret in &observed.secrets {
-        if secret_version_of(secret) != Some(version) {
+        if secret.name != ADMIN_SECRET && secret_version_of(secret) != Some(version) {
             let reason = format!("superseded by generation v{}", version.0);
             steps.push(step(
                 Kind::Secret,
@@ -627,6 +636,7 @@ mod tests {
             secrets: vec![
                 owned(&d.secret_version.password_name()),
                 owned(&d.secret_version.url_name()),
+                owned(ADMIN_SECRET),
             ],
             containers: d
                 .containers
@@ -1073,6 +1083,7 @@ mod tests {
                 "Remove volume evi-state-data",
                 "Remove secret evi-state-password-v1",
                 "Remove secret evi-valkey-url-v1",
+                "Remove secret evi-admin-password",
                 "Remove file /s/valkey.conf",
             ]
         );

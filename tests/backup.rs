@@ -47,7 +47,7 @@ return table.concat(out, '\n')
 "#;
 
 fn dump() -> String {
-    let script = r#"S=$(cat); REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)" valkey-cli --no-auth-warning -e EVAL "$S" 0"#;
+    let script = r#"S=$(cat); REDISCLI_AUTH="$(cat /run/secrets/evi-admin-password)" valkey-cli --no-auth-warning --user evi-admin -e EVAL "$S" 0"#;
     let mut child = podman_command()
         .args(["exec", "-i", "evi-state", "sh", "-c", script])
         .stdin(Stdio::piped())

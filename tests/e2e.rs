@@ -271,19 +271,45 @@ fn the_server_refuses_to_start_without_a_usable_password() {
         "{{json .Config.Cmd}}",
     ]))
     .unwrap();
+    let env: Vec<String> = serde_json::from_str(&podman_ok(&[
+        "inspect",
+        "evi-state",
+        "--format",
+        "{{json .Config.Env}}",
+    ]))
+    .unwrap();
+    let rules = env
+        .iter()
+        .find(|e| e.starts_with("EVI_DEFAULT_USER_RULES="))
+        .expect("evi-state gets the clients' rules")
+        .clone();
     let conf = site.state_dir().join("valkey/valkey.conf");
     let empty = site.dir.path().join("empty");
     let bad = site.dir.path().join("bad");
+    let good = site.dir.path().join("good");
     std::fs::write(&empty, "").unwrap();
     std::fs::write(&bad, "has spaces and $ymbols\n").unwrap();
-    for (case, secret) in [
-        ("missing", None),
-        ("empty", Some(&empty)),
-        ("malformed", Some(&bad)),
-    ] {
+    std::fs::write(
+        &good,
+        "GoodPassword0123456789abcdefghijklmnopqrstuvwxyzAB\n",
+    )
+    .unwrap();
+    // The clients' password (on a first start, no ACL file) and evi-install's own,
+    // each missing, empty or malformed while the other is good.
+    let cases = [
+        ("missing", None, Some(&good)),
+        ("empty", Some(&empty), Some(&good)),
+        ("malformed", Some(&bad), Some(&good)),
+        ("admin missing", Some(&good), None),
+        ("admin empty", Some(&good), Some(&empty)),
+        ("admin malformed", Some(&good), Some(&bad)),
+    ];
+    for (case, secret, admin) in cases {
         let mut args = vec![
             "run".to_string(),
             "--rm".into(),
+            "-e".into(),
+            rules.clone(),
             "-v".into(),
             format!("{}:/usr/local/etc/valkey/valkey.conf:ro", conf.display()),
         ];
@@ -291,6 +317,12 @@ fn the_server_refuses_to_start_without_a_usable_password() {
             args.extend([
                 "-v".into(),
                 format!("{}:/run/secrets/evi-state-password:ro", file.display()),
+            ]);
+        }
+        if let Some(file) = admin {
+            args.extend([
+                "-v".into(),
+                format!("{}:/run/secrets/evi-admin-password:ro", file.display()),
             ]);
         }
         args.push(site.podman.valkey_image.clone());
@@ -653,7 +685,7 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
     // Memory nearly full of keys without a TTL: the OOM warning.
     let fill =
         "eval \"for i=1,1400 do redis.call('SET','op:fill:'..i, string.rep('x',1000)) end\" 0";
-    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning {fill}");
+    let script = format!("REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin {fill}");
     podman(&["exec", "evi-state", "sh", "-c", &script]);
     let out = status(&[]);
     assert_eq!(out.code, 1, "{}", out.all());

@@ -18,9 +18,7 @@
 //! - it ignores the readiness probe (this test sends the PING itself) and
 //!   does not apply `fsGroup` to Secret files (hence their mode 0444).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -71,30 +69,6 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         Cleanup::run();
-    }
-}
-
-/// Runs the podman CLI with `input` on stdin (the YAML, or a password that
-/// must stay out of every argument list).
-fn podman_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = podman_command()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run podman");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -196,6 +170,10 @@ fn kube_play_runs_the_export_and_keeps_the_data() {
         .as_str()
         .unwrap()
         .to_string();
+    let admin = secret["stringData"]["admin-password"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let yaml = play_set(site.path());
 
     // Play: everything it supports is created; Service and NetworkPolicy are skipped.
@@ -233,7 +211,10 @@ fn kube_play_runs_the_export_and_keeps_the_data() {
         podman_ok(&["exec", STATE, "cat", "/usr/local/etc/valkey/valkey.conf"]),
         rendered
     );
+    // The clients' user may not read the config; evi-install's own user may.
     let out = client_cli(Some(&password), "config get maxmemory");
+    assert!(out.all().contains("NOPERM"), "{}", out.all());
+    let out = client_cli(Some(&admin), "--user evi-admin config get maxmemory");
     assert_eq!(
         out.stdout.split_whitespace().collect::<Vec<_>>(),
         ["maxmemory", "209715200"],
@@ -328,16 +309,17 @@ fn kube_play_runs_the_export_and_keeps_the_data() {
     eprintln!("kept across kube down + kube play: entry {id}, stream:tasks:email {before} -> {after} entries");
 
     // The README's rotation by hand, steps 1 and 4: the ACL dual-password
-    // commands, fed to valkey-cli on its stdin as `printf` would.
+    // commands as evi-admin, saved to the ACL file, fed to valkey-cli on its
+    // stdin as `printf` would.
     let new = format!("Rotated{}", "x".repeat(41));
     let valkey_cli = ["exec", "-i", STATE, "valkey-cli"];
     let out = podman_stdin(
         &valkey_cli,
-        &format!("AUTH {password}\nACL SETUSER default on >{new}\n"),
+        &format!("AUTH evi-admin {admin}\nACL SETUSER default >{new}\nACL SAVE\n"),
     );
     assert_eq!(
         out.stdout.split_whitespace().collect::<Vec<_>>(),
-        ["OK", "OK"],
+        ["OK", "OK", "OK"],
         "{}",
         out.all()
     );
@@ -350,11 +332,11 @@ fn kube_play_runs_the_export_and_keeps_the_data() {
     }
     let out = podman_stdin(
         &valkey_cli,
-        &format!("AUTH {new}\nACL SETUSER default resetpass >{new}\n"),
+        &format!("AUTH evi-admin {admin}\nACL SETUSER default resetpass >{new}\nACL SAVE\n"),
     );
     assert_eq!(
         out.stdout.split_whitespace().collect::<Vec<_>>(),
-        ["OK", "OK"],
+        ["OK", "OK", "OK"],
         "{}",
         out.all()
     );

@@ -12,6 +12,7 @@ mod e2e;
 mod export;
 mod hardening;
 mod kube_play;
+mod permissions;
 mod pressure;
 mod reboot;
 mod replicas;

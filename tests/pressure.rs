@@ -41,7 +41,7 @@ fn info_field(section: &str, key: &str) -> u64 {
 /// are made unique by the batch number instead.)
 fn eval(script: &str, batch: u32) -> Output {
     let cmd = format!(
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning eval \"{script}\" 0 {batch}"
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin eval \"{script}\" 0 {batch}"
     );
     podman(&["exec", "evi-state", "sh", "-c", &cmd])
 }
@@ -131,7 +131,7 @@ fn under_memory_pressure_ttl_keys_go_stream_entries_stay_and_writes_fail_with_oo
         "evi-state",
         "sh",
         "-c",
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning xadd stream:tasks:email '*' type welcome",
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin xadd stream:tasks:email '*' type welcome",
     ]);
     assert!(
         xadd.all()

@@ -75,7 +75,7 @@ impl NestedHost {
     /// (in the environment, never in arguments or output).
     fn valkey(&self, command: &str) -> String {
         let script = format!(
-            "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning {command}"
+            "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin {command}"
         );
         self.ok(&["podman", "exec", "evi-state", "sh", "-c", &script])
             .trim()

@@ -119,15 +119,28 @@ fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
     let dry = site.evi().args(["rotate-secret", "--dry-run"]).run();
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(
-        dry.stdout.contains("5. remove the old secrets"),
+        dry.stdout.contains("7. remove the old secrets"),
         "{}",
         dry.stdout
     );
     assert_eq!(site.password(), old, "the dry run changed nothing");
 
+    // evi-state is never restarted: the same container, started at the same time.
+    let state_identity = || {
+        podman_ok(&[
+            "inspect",
+            "evi-state",
+            "--format",
+            "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+        ])
+        .trim()
+        .to_string()
+    };
+    let state_before = state_identity();
     let followers = [follow_logs("evi-be"), follow_logs("evi-worker")];
     let rotate = site.evi().args(["rotate-secret"]).run();
     assert_eq!(rotate.code, 0, "{}", rotate.all());
+    assert_eq!(state_identity(), state_before, "evi-state was restarted");
     println!("{}", rotate.stdout);
     std::thread::sleep(std::time::Duration::from_millis(1000));
 
@@ -149,7 +162,7 @@ fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
         ping_with(&old).contains("WRONGPASS"),
         "the old password is revoked"
     );
-    assert_eq!(our_secrets().len(), 2, "{:?}", our_secrets());
+    assert_eq!(our_secrets().len(), 3, "{:?}", our_secrets());
     assert_data_intact();
     assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
 
@@ -212,9 +225,11 @@ fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
     let _lock = host_lock();
     let steps = [
         "create-secrets",
+        "start-helper",
         "add-password",
         "replace-clients",
-        "replace-state",
+        "revoke",
+        "remove-helper",
         "remove-old-secrets",
     ];
     for (i, step) in steps.iter().enumerate() {
@@ -236,11 +251,32 @@ fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
             killed.all()
         );
 
-        // Alternate the repair: rotate-secret again, or a plain up.
+        // Alternate the repair: rotate-secret again, or a plain up, which
+        // refuses (changing nothing) while a rotation is unfinished and says
+        // what to run instead.
         let repair = if i % 2 == 0 {
             site.evi().args(["rotate-secret"]).run()
         } else {
-            site.up(&[])
+            let before = snapshot_podman();
+            let up = site.up(&[]);
+            if up.code == 0 {
+                up
+            } else {
+                assert_eq!(up.code, 1, "{step}: {}", up.all());
+                assert_eq!(up.stderr.trim().lines().count(), 1, "{step}: {}", up.stderr);
+                assert!(
+                    up.stderr
+                        .contains("run `evi-install rotate-secret` to finish it"),
+                    "{step}: {}",
+                    up.stderr
+                );
+                assert_eq!(
+                    snapshot_podman(),
+                    before,
+                    "{step}: a refused up changed Podman"
+                );
+                site.evi().args(["rotate-secret"]).run()
+            }
         };
         assert_eq!(repair.code, 0, "{step}: {}", repair.all());
 
@@ -260,10 +296,11 @@ fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
         }
         assert_eq!(
             our_secrets().len(),
-            2,
-            "{step}: one generation of secrets: {:?}",
+            3,
+            "{step}: one generation of secrets and the admin one: {:?}",
             our_secrets()
         );
+        assert_eq!(passwords_in_force(), 1, "{step}: one password in force");
         assert_data_intact();
         assert_eq!(
             site.up(&["--dry-run", "--detailed-exitcode"]).code,
@@ -376,13 +413,13 @@ fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
     assert_eq!(code, 143, "{stdout}{stderr}");
     assert!(
         stderr.contains("interrupted by SIGTERM")
-            && stderr.contains("not done: re-create evi-state accepting the new password"),
+            && stderr.contains("not done: start the helper evi-rotate"),
         "{stderr}"
     );
     let again = site.evi().args(["rotate-secret"]).run();
     assert_eq!(again.code, 0, "{}", again.all());
     assert_ne!(site.password(), old);
-    assert_eq!(our_secrets().len(), 2);
+    assert_eq!(our_secrets().len(), 3);
     assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
 }
 
@@ -456,7 +493,12 @@ fn passwords_in_force() -> usize {
 fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
     require_test_hooks();
     let _lock = host_lock();
-    for step in ["create-secrets", "add-password", "replace-clients"] {
+    for step in [
+        "create-secrets",
+        "start-helper",
+        "add-password",
+        "replace-clients",
+    ] {
         reset_host();
         let site = looping_site();
         let up = site.up(&[]);
@@ -502,7 +544,12 @@ fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
         assert_eq!(site.password(), old, "{step}");
         assert_eq!(ping_with(&old), "PONG", "{step}");
         assert_eq!(passwords_in_force(), 1, "{step}: one password in force");
-        assert_eq!(our_secrets().len(), 2, "{step}: {:?}", our_secrets());
+        assert_eq!(our_secrets().len(), 3, "{step}: {:?}", our_secrets());
+        assert_eq!(
+            podman(&["container", "exists", "evi-rotate"]).code,
+            1,
+            "{step}: the helper is gone"
+        );
         let converged = site.up(&["--dry-run", "--detailed-exitcode"]);
         assert_eq!(converged.code, 0, "{step}: {}", converged.all());
     }
@@ -511,8 +558,7 @@ fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
 /// evi-state restarts (a crash, an OOM kill: its restart policy brings it
 /// back) at any step of a rotation, even one whose evi-install died right
 /// after that step: every password a client may hold is still accepted,
-/// because evi-state takes both from mounted secrets, not from an ACL change
-/// that a restart would lose. (`podman kill` would not do: Podman does not
+/// because each ACL change is saved to the ACL file before the next step. (`podman kill` would not do: Podman does not
 /// restart a container stopped by request. A clean exit is answered with a
 /// restart, like a crash.)
 #[test]
@@ -521,9 +567,11 @@ fn evi_state_restarting_at_any_step_of_a_rotation_refuses_no_client() {
     let _lock = host_lock();
     for step in [
         "create-secrets",
+        "start-helper",
         "add-password",
         "replace-clients",
-        "replace-state",
+        "revoke",
+        "remove-helper",
     ] {
         reset_host();
         let site = looping_site();
@@ -550,7 +598,7 @@ fn evi_state_restarting_at_any_step_of_a_rotation_refuses_no_client() {
             "evi-state",
             "sh",
             "-c",
-            "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning shutdown",
+            "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin shutdown",
         ]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while started() == before || state_ping() != "PONG" {
@@ -593,7 +641,7 @@ fn state_ping() -> String {
         "evi-state",
         "sh",
         "-c",
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning ping",
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin ping",
     ])
     .stdout
     .trim()

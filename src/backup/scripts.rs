@@ -87,9 +87,9 @@ isolated() {
 /// The summary of the live evi-state, authenticated from its secret.
 pub fn live_summary_script() -> String {
     format!(
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\"; export REDISCLI_AUTH\n\
-         cli() {{ valkey-cli --no-auth-warning -e \"$@\"; }}\n\
-         SUMMARY_LUA=$(cat <<'EVI_LUA'\n{SUMMARY_LUA}\nEVI_LUA\n)\n{SUMMARY_SH}\nsummary\n"
+        "{}\n\
+         SUMMARY_LUA=$(cat <<'EVI_LUA'\n{SUMMARY_LUA}\nEVI_LUA\n)\n{SUMMARY_SH}\nsummary\n",
+        crate::acl::ADMIN_CLI
     )
 }
 
@@ -167,7 +167,9 @@ set --
 if [ "$(id -u)" = 0 ] && id valkey >/dev/null 2>&1 && command -v setpriv >/dev/null; then
   set -- setpriv --reuid=valkey --regid=valkey --clear-groups --
 fi
-"$@" valkey-server {conf} --dir "$dir" {THROWAWAY_OPTS} || fail "valkey-server did not start"
+# No ACL file: the throwaway answers on its private socket only, with no password,
+# and never reads or writes evi-state's users (`aclfile` in the config names theirs).
+"$@" valkey-server {conf} --dir "$dir" --aclfile '' {THROWAWAY_OPTS} || fail "valkey-server did not start"
 wait_loaded || fail "the restored data did not load"
 cli INFO persistence | tr -d '\r' | grep '^aof_enabled:' | sed 's/^/evi-/'
 isolated || fail "cannot summarise the data"
@@ -279,7 +281,7 @@ mod tests {
     #[test]
     fn no_script_puts_a_password_in_an_argument() {
         assert!(live_summary_script()
-            .contains("REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\""));
+            .contains("REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\""));
         for s in [
             backup_job(),
             verify_job(),

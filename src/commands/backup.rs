@@ -295,9 +295,7 @@ pub async fn exec_state<E: Engine>(engine: &E, script: &str) -> Result<String> {
 }
 
 fn info_script(section: &str) -> String {
-    format!(
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e INFO {section}"
-    )
+    crate::acl::admin_script(&format!("cli INFO {section}"))
 }
 
 fn info_field(info: &str, key: &str) -> Option<u64> {
@@ -314,11 +312,7 @@ async fn snapshot<E: Engine>(engine: &E) -> Result<()> {
         "rdb_saves",
     )
     .context("evi-state's INFO has no rdb_saves")?;
-    exec_state(
-        engine,
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e BGSAVE SCHEDULE",
-    )
-    .await?;
+    exec_state(engine, &crate::acl::admin_script("cli BGSAVE SCHEDULE")).await?;
     let mut poll = crate::apply::Poll::new(SAVE_LIMIT);
     loop {
         let info = exec_state(engine, &info_script("persistence")).await?;

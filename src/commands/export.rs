@@ -64,7 +64,8 @@ fn kubernetes(settings: &Settings, args: &KubernetesArgs, ui: &Ui) -> Result<u8>
     match &args.with_secret {
         Some(file) => {
             let password = Password::generate()?;
-            let secret = kubernetes::secret_manifest(&password, &opts);
+            let admin = Password::generate()?;
+            let secret = kubernetes::secret_manifest(&password, &admin, &opts);
             write_secret(file, &secret.yaml)?;
             note(
                 ui,
@@ -79,10 +80,11 @@ fn kubernetes(settings: &Settings, args: &KubernetesArgs, ui: &Ui) -> Result<u8>
         None => note(
             ui,
             &format!(
-                "The manifests need the Secret `{}` (keys `{}` and `{}`), which is not written: create it as the README shows (\"Running on Kubernetes\"), or export again with --with-secret FILE.",
+                "The manifests need the Secret `{}` (keys `{}`, `{}` and `{}`), which is not written: create it as the README shows (\"Running on Kubernetes\"), or export again with --with-secret FILE.",
                 kubernetes::SECRET_NAME,
                 kubernetes::SECRET_PASSWORD_KEY,
                 kubernetes::SECRET_URL_KEY,
+                kubernetes::SECRET_ADMIN_KEY,
             ),
         ),
     }

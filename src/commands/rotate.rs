@@ -12,7 +12,7 @@ use crate::model::Observed;
 use crate::plan::plan;
 use crate::plan_view;
 use crate::render::valkey_conf;
-use crate::rotate::{execute, plan_rotation, Rotation, Specs};
+use crate::rotation::{execute, plan_rotation, Rotation, Specs};
 use crate::settings::Settings;
 use crate::ui::Ui;
 

@@ -100,9 +100,8 @@ struct Report {
 
 /// INFO and key counts from inside evi-state; the password goes from the
 /// mounted secret into valkey-cli's environment, never into arguments.
-const HEALTH_SCRIPT: &str = r##"REDISCLI_AUTH="$(cat /run/secrets/evi-state-password)"; export REDISCLI_AUTH
-cli() { valkey-cli --no-auth-warning -e "$@"; }
-cli INFO || exit 1
+/// Run after `acl::ADMIN_CLI`, which defines `cli` as evi-install's own user.
+const HEALTH_SCRIPT: &str = r##"cli INFO || exit 1
 echo "# evi-keys"
 # Keys per namespace: exact up to 100000 keys; above that a full SCAN would make status
 # slow, so a random sample of 10000 keys (RANDOMKEY, in one pipeline) is counted and
@@ -336,7 +335,11 @@ fn resources(settings: &Settings, conf: &str, observed: &Observed) -> Vec<Resour
 
 async fn health<E: Engine>(engine: &E) -> Result<ValkeyHealth> {
     let out = engine
-        .exec(STATE_CONTAINER, &["sh", "-c", HEALTH_SCRIPT], &[])
+        .exec(
+            STATE_CONTAINER,
+            &["sh", "-c", &crate::acl::admin_script(HEALTH_SCRIPT)],
+            &[],
+        )
         .await?;
     if out.exit_code != 0 {
         anyhow::bail!("{}{}", out.stdout.trim(), out.stderr.trim());

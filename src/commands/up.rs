@@ -123,6 +123,17 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
 
 /// Plans `up` for the observed host, with the fingerprints a saved plan needs.
 fn make_document(settings: &Settings, conf: &str, observed: &Observed) -> Result<PlanDocument> {
+    // Mid-rotation the clients may hold either password and only the rotation
+    // knows which one evi-state accepts: `up` would move them all to the newest.
+    let state_runs = observed
+        .containers
+        .get(STATE_CONTAINER)
+        .is_some_and(|c| c.running);
+    if state_runs && crate::rotation::interrupted(observed) {
+        bail!(
+            "a password rotation was interrupted; run `evi-install rotate-secret` to finish it, then `evi-install up`"
+        );
+    }
     let wanted = desired::build(settings, conf, secret_version_for(observed));
     let the_plan = plan(&wanted, observed)?;
     Ok(PlanDocument::new(

@@ -196,9 +196,15 @@ impl Engine for FakeEngine {
         if self.exec_hangs {
             std::future::pending::<()>().await;
         }
+        // The rotation helper's ACL script reports success with its own word.
+        let answer = if command.get(3) == Some(&"acl-change") {
+            "evi-acl-ok\n"
+        } else {
+            "PONG\n"
+        };
         Ok(ExecOutput {
             exit_code: 0,
-            stdout: "PONG\n".into(),
+            stdout: answer.into(),
             stderr: String::new(),
         })
     }

@@ -118,6 +118,18 @@ pub async fn create_secret_pair<E: Engine>(
         .await
 }
 
+/// Creates evi-install's own password (Valkey user `evi-admin`) in `ADMIN_SECRET`.
+pub async fn create_admin_secret<E: Engine>(engine: &E) -> Result<()> {
+    let password = Password::generate()?;
+    engine
+        .create_secret(
+            crate::model::ADMIN_SECRET,
+            &crate::desired::owned_labels(),
+            password.expose(),
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::name_matches;

@@ -250,13 +250,7 @@ impl PodmanEngine {
         let mut names: Vec<String> = list
             .into_iter()
             .filter_map(|s| s.spec.and_then(|spec| spec.name))
-            .filter(|name| {
-                secret_version_of(&ObservedResource {
-                    name: name.clone(),
-                    ..Default::default()
-                })
-                .is_some()
-            })
+            .filter(|name| is_our_secret(name))
             .collect();
         names.sort();
         // Podman 4.3 leaves labels out of the secret list, so each of ours

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: a builder around the built binary,
 //! and access to the real Podman service that `scripts/test.sh` starts.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 pub struct Output {
@@ -156,6 +157,30 @@ pub fn podman(args: &[&str]) -> Output {
     out
 }
 
+/// Runs the podman CLI with `input` on stdin (the YAML, or a password that
+/// must stay out of every argument list).
+pub fn podman_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = podman_command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run podman");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Like `podman` but panics when the command fails.
 pub fn podman_ok(args: &[&str]) -> String {
     let out = podman(args);
@@ -270,14 +295,22 @@ impl Site {
         self.evi().args(["up"]).args(args).run()
     }
 
-    /// The password evi-state holds, read from inside the container.
+    /// The clients' password now: the one in a client's VALKEY_URL (evi-state's
+    /// mounted secret only seeded its ACL file and is stale after a rotation).
     pub fn password(&self) -> String {
-        podman_ok(&[
-            "exec",
-            "evi-state",
-            "cat",
-            "/run/secrets/evi-state-password",
-        ])
+        for client in ["evi-be", "evi-worker"] {
+            let out = podman(&["exec", client, "sh", "-c", "printf %s \"$VALKEY_URL\""]);
+            if out.code == 0 {
+                let url = out.stdout.trim();
+                let pw = url
+                    .strip_prefix("redis://:")
+                    .and_then(|rest| rest.split_once('@'))
+                    .map(|(pw, _)| pw.to_string());
+                return pw
+                    .unwrap_or_else(|| panic!("{client}'s VALKEY_URL is not the seed's form"));
+            }
+        }
+        panic!("no client runs, so no client password can be read")
     }
 }
 
@@ -357,7 +390,7 @@ pub fn snapshot_podman() -> String {
 /// (the password never appears in any argument list).
 pub fn state_cli(command: &str) -> String {
     let script = format!(
-        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-state-password)\" valkey-cli --no-auth-warning -e {command}"
+        "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin -e {command}"
     );
     podman_ok(&["exec", "evi-state", "sh", "-c", &script])
         .trim()

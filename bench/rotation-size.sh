@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# rotate-secret at realistic data sizes, with the real clients writing: the guide's
+# ioredis producer in evi-be and the redis-py worker in evi-worker (examples/clients).
+# For each size it fills evi-state with `cache:db:*` keys of 1,000 random bytes (TTL one
+# day, as the guide's cache entries), then measures, side by side in one run:
+#   - `rotate-secret`'s time;
+#   - evi-state's unavailability: an authenticated PING (as evi-admin) every 20 ms from
+#     inside evi-state's network namespace; the longest time between two PONGs;
+#   - the clients' longest gap between successful commands, from their own stats lines
+#     (max_gap_ms of each container's last line; replaced containers included), and
+#     their auth errors;
+#   - whether evi-state is the same container afterwards (id, start time, restarts);
+#   - for comparison, one plain `podman restart evi-state`, with the same probe.
+#
+#   bench/rotation-size.sh [--sizes "0 250 750"] [--runs N]     (MB of used memory; N=3)
+#
+# Needs the test Podman service and images (`scripts/test-env.sh start`, exported) and
+# builds the release binary. Holds /tmp/evi-host.lock (the end-to-end tests' lock).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+sizes="0 250 750"
+runs=3
+while (($#)); do
+    case "$1" in
+        --sizes) sizes="$2"; shift 2 ;;
+        --runs) runs="$2"; shift 2 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench/rotation-size.sh: unknown argument: $1" >&2; exit 64 ;;
+    esac
+done
+: "${EVI_TEST_PODMAN_URL:?run scripts/test-env.sh start and export what it prints}"
+image=${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}
+clients=${EVI_TEST_CLIENT_IMAGE:-localhost/evi-client-test:1}
+subnet=${EVI_TEST_SUBNET:-10.90.213.0/24}
+podman=${EVI_TEST_PODMAN_CLI:-podman}
+
+cargo build --release --quiet
+bin=$PWD/target/release/evi-install
+
+exec 9>/tmp/evi-host.lock
+flock 9
+work=$(mktemp -d /var/tmp/evi-bench-rotation.XXXXXX)
+reset() {
+    $podman rm -f -t 0 evi-be evi-worker evi-be-next evi-worker-next evi-rotate evi-state >/dev/null 2>&1 || true
+    $podman rm -f -t 0 evi-state-addr >/dev/null 2>&1 || true
+    $podman network rm -f evi-net >/dev/null 2>&1 || true
+    $podman volume rm -f evi-state-data >/dev/null 2>&1 || true
+    for s in $($podman secret ls --format '{{.Name}}' | grep '^evi-' || true); do $podman secret rm "$s" >/dev/null; done
+}
+cleanup() { reset; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/evi.yaml" <<YAML
+state_dir: $work/state
+network_subnet: $subnet
+services:
+  evi-state: { image: $image }
+  evi-be: { image: $clients, command: [node, /opt/evi-clients/producer.js] }
+  evi-worker: { image: $clients, command: [python3, /opt/evi-clients/worker.py] }
+valkey: { maxmemory: 1gb }
+YAML
+evi() { (cd "$work" && "$bin" --podman-url "$EVI_TEST_PODMAN_URL" "$@"); }
+now() { date +%s%3N; }
+admin='REDISCLI_AUTH="$(cat /run/secrets/evi-admin-password)"; export REDISCLI_AUTH'
+state() { $podman exec evi-state sh -c "$admin; valkey-cli --no-auth-warning --user evi-admin $*"; }
+identity() { $podman inspect evi-state --format '{{.Id}} {{.State.StartedAt}} {{.RestartCount}}'; }
+
+# The probe: an authenticated PING every 20 ms in evi-state-addr's namespace (a
+# container of evi-state's image there, like the rotation's helper), one line each.
+probe_start() {
+    $podman run -d --rm --name evi-bench-probe --network container:evi-state-addr \
+        --secret evi-admin-password,target=evi-admin-password,mode=0400 --entrypoint '' "$image" sh -c "$admin
+        while [ ! -e /tmp/stop ]; do
+          if [ \"\$(valkey-cli --no-auth-warning --user evi-admin -h 127.0.0.1 -t 1 ping 2>/dev/null)\" = PONG ]; then echo \"ok \$(date +%s%3N)\"; else echo \"fail \$(date +%s%3N)\"; fi
+          sleep 0.02
+        done > /tmp/pings; sleep 30" >/dev/null
+    sleep 1
+}
+# Prints: longest gap between PONGs (ms), failed pings.
+probe_stop() {
+    $podman exec evi-bench-probe touch /tmp/stop; sleep 0.3
+    $podman exec evi-bench-probe awk '$1 == "ok" { if (last && $2 - last > max) max = $2 - last; last = $2 } $1 == "fail" { f++ } END { printf "%d %d", max, f }' /tmp/pings
+    $podman rm -f -t 0 evi-bench-probe >/dev/null
+}
+# Prints: the clients' longest gap (ms) and auth errors, over every evi-be*/evi-worker* container seen.
+client_figures() {
+    cat "$work"/logs.* 2>/dev/null | grep '"event":"stats"' |
+        awk '{ if (match($0, /"max_gap_ms":[0-9]+/)) { g = substr($0, RSTART + 13, RLENGTH - 13) + 0; if (g > gap) gap = g }
+               if (match($0, /"auth":[0-9]+/)) { a = substr($0, RSTART + 7, RLENGTH - 7) + 0; if (a > auth) auth = a } }
+             END { printf "%d %d", gap, auth }'
+}
+follow_clients() {
+    rm -f "$work"/logs.*
+    for c in evi-be evi-worker; do
+        id=$($podman inspect "$c" --format '{{.Id}}')
+        $podman logs -f "$id" > "$work/logs.$id" 2>/dev/null &
+    done
+}
+follow_new_clients() {
+    for c in evi-be evi-worker; do
+        id=$($podman inspect "$c" --format '{{.Id}}')
+        $podman logs "$id" > "$work/logs.$id" 2>/dev/null
+    done
+}
+
+fill() {
+    local mb=$1
+    [ "$mb" -gt 0 ] || return 0
+    $podman exec evi-state sh -c "$admin; awk -v mb=$mb 'BEGIN {
+        srand(11); n = int(mb * 1024 * 1024 / 1100)
+        for (i = 0; i < n; i++) {
+          v = \"\"; for (j = 0; j < 125; j++) v = v sprintf(\"%08x\", int(rand() * 4294967295))
+          printf \"SET cache:db:fill:%d %s EX 86400\\n\", i, v
+        }
+    }' | valkey-cli --no-auth-warning --user evi-admin --pipe >/dev/null"
+}
+
+echo "| data (used memory) | run | rotate-secret | evi-state unavailable (longest probe gap, failed probes) | clients' longest gap | auth errors | same evi-state | plain restart: probe gap |"
+echo "|---|---|---|---|---|---|---|---|"
+for mb in $sizes; do
+    for run in $(seq 1 "$runs"); do
+        reset
+        evi up >/dev/null
+        fill "$mb"
+        used=$(state INFO memory | tr -d '\r' | sed -n 's/^used_memory_human://p')
+        sleep 3
+        follow_clients
+        probe_start
+        before=$(identity)
+        t=$(now); evi rotate-secret >/dev/null; t_rot=$(( $(now) - t ))
+        sleep 2
+        read -r pgap pfail < <(probe_stop)
+        follow_new_clients
+        kill $(jobs -p) 2>/dev/null || true
+        read -r cgap cauth < <(client_figures)
+        same=no; [ "$(identity)" = "$before" ] && same=yes
+        # For comparison: one plain restart of evi-state at this size.
+        probe_start
+        $podman restart -t 30 evi-state >/dev/null
+        until [ "$(state PING 2>/dev/null)" = PONG ]; do sleep 0.05; done
+        sleep 1
+        read -r rgap rfail < <(probe_stop)
+        printf '| %s | %d | %d ms | %d ms (%d) | %d ms | %d | %s | %d ms (%d) |\n' \
+            "$used" "$run" "$t_rot" "$pgap" "$pfail" "$cgap" "$cauth" "$same" "$rgap" "$rfail"
+    done
+done

@@ -1,0 +1,148 @@
+//! Least privilege, from the clients' side: with their own `VALKEY_URL`, evi-be
+//! and evi-worker can run what the seed guide's code runs and nothing
+//! administrative, and nothing they try changes the data.
+
+use crate::support::*;
+
+/// Everything administrative or dangerous a stolen `VALKEY_URL` could try,
+/// one command a line, as valkey-cli reads them from stdin.
+const FORBIDDEN: &[&str] = &[
+    "FLUSHALL",
+    "FLUSHDB",
+    "CONFIG GET maxmemory",
+    "CONFIG SET dir /tmp",
+    "CONFIG SET dbfilename evil.rdb",
+    "CONFIG RESETSTAT",
+    "ACL SETUSER default >mine",
+    "ACL LIST",
+    "ACL SAVE",
+    "SHUTDOWN NOSAVE",
+    "DEBUG SLEEP 0",
+    "MODULE LIST",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "REPLICAOF 127.0.0.1 6380",
+    "SLAVEOF NO ONE",
+    "MONITOR",
+    "CLIENT KILL TYPE normal",
+    "CLIENT PAUSE 1000",
+    "CLIENT LIST",
+    "KEYS *",
+    "MIGRATE 127.0.0.1 6380 cache:db:settings 0 1000",
+    "SWAPDB 0 1",
+    "FUNCTION FLUSH",
+    "SCRIPT FLUSH",
+    "EVAL \"return 1\" 0",
+    // Keys and channels outside the guide's namespaces.
+    "SET elsewhere 1",
+    "GET elsewhere",
+    "PUBLISH elsewhere hello",
+];
+
+/// What the guide's code runs, with the answer each must give.
+const ALLOWED: &[(&str, &str)] = &[
+    ("PING", "PONG"),
+    ("ACL WHOAMI", "default"),
+    ("SET op:ratelimit:probe 1 EX 60", "OK"),
+    ("INCR op:ratelimit:probe", "2"),
+    ("HSET cache:db:user:probe name x", "1"),
+    ("EXPIRE cache:db:user:probe 300", "1"),
+    ("DEL cache:db:user:probe", "1"),
+    ("XADD stream:tasks:probe * type t", ""),
+    ("XLEN stream:tasks:probe", "1"),
+    ("PUBLISH cache:invalidated settings", "0"),
+];
+
+/// Runs `lines` through valkey-cli in `client`, authenticated with the
+/// client's own VALKEY_URL (the password reaches valkey-cli through its
+/// environment); one answer a line.
+fn client_session(client: &str, lines: &[&str]) -> Vec<String> {
+    let input = lines.join("\n") + "\n";
+    let out = podman_stdin(
+        &[
+            "exec",
+            "-i",
+            client,
+            "sh",
+            "-c",
+            "pw=${VALKEY_URL#redis://:}; REDISCLI_AUTH=${pw%@*} exec valkey-cli --no-auth-warning -h evi-state",
+        ],
+        &input,
+    );
+    assert_eq!(out.code, 0, "{client}: {}", out.all());
+    out.stdout.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// Every key with its type, TTL presence and DUMP, hashed: the whole data set.
+fn data_digest() -> String {
+    let script = format!(
+        "{}\ncli --scan | sort | while IFS= read -r k; do printf '%s %s ' \"$k\" \"$(cli TYPE \"$k\")\"; cli --no-raw DUMP \"$k\"; done | sha256sum; cli DBSIZE",
+        ADMIN_CLI_FN
+    );
+    podman_ok(&["exec", "evi-state", "sh", "-c", &script])
+        .trim()
+        .to_string()
+}
+
+const ADMIN_CLI_FN: &str = "cli() { REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin \"$@\"; }";
+
+#[test]
+fn clients_can_run_the_guides_commands_and_nothing_administrative() {
+    let _lock = fresh_host();
+    let site = Site::new("");
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    state_cli("hset cache:db:settings theme dark");
+    state_cli("xgroup create stream:tasks:email workers 0 mkstream");
+    state_cli("xadd stream:tasks:email '*' type welcome");
+    state_cli("set op:plain value");
+
+    for client in ["evi-be", "evi-worker"] {
+        let before = data_digest();
+        let answers = client_session(client, FORBIDDEN);
+        // DEBUG and MODULE are refused before the ACL check, to every user, by
+        // Valkey's own `enable-debug-command`/`enable-module-command no`
+        // (its "protected" commands); every other one by the ACL rules.
+        let refused = FORBIDDEN
+            .iter()
+            .zip(&answers)
+            .filter(|(command, answer)| {
+                answer.starts_with("NOPERM")
+                    || ((command.starts_with("DEBUG") || command.starts_with("MODULE"))
+                        && answer.contains("command not allowed"))
+            })
+            .count();
+        assert_eq!(
+            refused,
+            FORBIDDEN.len(),
+            "{client}: every forbidden command is refused with NOPERM:\n{}",
+            FORBIDDEN
+                .iter()
+                .zip(&answers)
+                .map(|(c, a)| format!("{c} -> {a}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert_eq!(data_digest(), before, "{client}: the data changed");
+        assert_eq!(
+            state_cli("ping"),
+            "PONG",
+            "{client}: evi-state still serves"
+        );
+
+        let commands: Vec<&str> = ALLOWED.iter().map(|(c, _)| *c).collect();
+        let answers = client_session(client, &commands);
+        for ((command, want), got) in ALLOWED.iter().zip(&answers) {
+            if want.is_empty() {
+                assert!(
+                    !got.starts_with("NOPERM") && !got.starts_with("ERR"),
+                    "{client}: {command} -> {got}"
+                );
+            } else {
+                assert_eq!(got, want, "{client}: {command}");
+            }
+        }
+        state_cli("del stream:tasks:probe op:ratelimit:probe");
+    }
+}
