@@ -71,7 +71,12 @@ fn client_session(client: &str, lines: &[&str]) -> Vec<String> {
         &input,
     );
     assert_eq!(out.code, 0, "{client}: {}", out.all());
-    out.stdout.lines().map(|l| l.trim().to_string()).collect()
+    // valkey-cli prints an empty line after an error reply in this mode.
+    out.stdout
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Every key with its type, TTL presence and DUMP, hashed: the whole data set.
