@@ -24,6 +24,7 @@ pub enum RotStep {
 
 impl RotStep {
     /// A stable name, for the fault-injection hook and the tests.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub fn key(&self) -> &'static str {
         match self {
             RotStep::RemoveIncomplete(_) => "remove-incomplete",
