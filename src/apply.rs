@@ -208,6 +208,7 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             create_secret_pair(engine, *version, &password).await
         }
         Change::CreateAdminSecret => create_admin_secret(engine).await,
+        Change::ConfigSet { changes } => config_set(engine, changes).await,
         Change::CreateNetwork { spec } => {
             engine
                 .create_network(&step.name, &crate::desired::owned_labels(), spec)
@@ -273,6 +274,53 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
             _ => Ok(()),
         },
     }
+}
+
+/// Applies live directives to the running evi-state with one `CONFIG SET`
+/// (all or none), then checks with `CONFIG GET` that each holds its new value.
+async fn config_set<E: Engine>(
+    engine: &E,
+    changes: &[crate::live_config::LiveChange],
+) -> Result<()> {
+    let script = crate::acl::admin_script(crate::live_config::APPLY_SCRIPT);
+    let mut command: Vec<&str> = vec!["sh", "-c", &script, "config-set"];
+    for c in changes {
+        command.extend([c.key.as_str(), c.new.as_str()]);
+    }
+    let out = engine.exec(STATE_CONTAINER, &command, &[]).await?;
+    if let Some(refused) = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("evi-refused: "))
+    {
+        bail!(
+            "Valkey refused the new settings ({}); nothing was changed: fix the value in the settings",
+            redact(refused.trim())
+        );
+    }
+    for c in changes {
+        let want = crate::live_config::as_reported(&c.new);
+        let got = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("evi-config {} ", c.key)));
+        if got.map(str::trim) != Some(want.as_str()) {
+            bail!(
+                "evi-state reports {} {:?} after CONFIG SET, not {want:?}{}",
+                c.key,
+                got.unwrap_or("(nothing)"),
+                if out.exit_code != 0 {
+                    format!(
+                        " ({})",
+                        redact(format!("{}{}", out.stdout, out.stderr).trim())
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn run_container<E: Engine>(

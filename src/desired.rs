@@ -105,7 +105,9 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         network_of: Some(STATE_ADDRESS_CONTAINER.to_string()),
         restart: "always".to_string(),
         stop_timeout: crate::timeouts::STATE_STOP_SECS,
-        config_hash: Some(effective_hash(conf)),
+        // Only what a restart would pick up: the live directives are changed
+        // in place (`live_config.rs`).
+        config_hash: Some(effective_hash(&crate::live_config::restart_part(conf))),
         // Not tied to a generation: a rotation changes the passwords in
         // evi-state's ACL file at run time and never re-creates it.
         secret_version: None,
@@ -388,8 +390,8 @@ mod tests {
     #[test]
     fn the_config_hash_changes_only_evi_state() {
         let s = settings("services: { evi-be: { image: app } }");
-        let a = build(&s, "maxmemory 1gb\n", SecretVersion(1));
-        let b = build(&s, "maxmemory 512mb\n", SecretVersion(1));
+        let a = build(&s, "port 6379\nmaxmemory 1gb\n", SecretVersion(1));
+        let b = build(&s, "port 6380\nmaxmemory 1gb\n", SecretVersion(1));
         assert_ne!(
             a.containers[1].labels[HASH_LABEL],
             b.containers[1].labels[HASH_LABEL]
@@ -400,7 +402,12 @@ mod tests {
                 b.containers[i].labels[HASH_LABEL]
             );
         }
-        let c = build(&s, "# a new header\nmaxmemory 1gb\n", SecretVersion(1));
+        // Neither a comment nor a directive Valkey changes at run time counts.
+        let c = build(
+            &s,
+            "# a new header\nport 6379\nmaxmemory 512mb\n",
+            SecretVersion(1),
+        );
         assert_eq!(
             a.containers[1].labels[HASH_LABEL],
             c.containers[1].labels[HASH_LABEL]

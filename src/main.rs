@@ -15,6 +15,7 @@ mod engine;
 mod fsutil;
 mod interrupt;
 mod kubernetes;
+mod live_config;
 mod lock;
 mod model;
 mod plan;

@@ -400,6 +400,11 @@ pub enum Change {
     /// Create evi-install's own password in `ADMIN_SECRET` (a host set up
     /// before it existed).
     CreateAdminSecret,
+    /// Change these directives of the running evi-state with `CONFIG SET`
+    /// (no restart), then read them back (`live_config.rs`).
+    ConfigSet {
+        changes: Vec<crate::live_config::LiveChange>,
+    },
     CreateNetwork {
         spec: NetworkSpec,
     },

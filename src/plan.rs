@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::desired::field_hashes;
+use crate::live_config::{describe as describe_live, live_changes};
 use crate::model::*;
 
 /// Why no plan could be made.
@@ -98,7 +99,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     check_ownership(desired, observed)?;
     let mut steps = Vec::new();
 
-    steps.push(config_step(desired, observed));
+    let config = config_step(desired, observed);
+    let config_changes = config.verb != Verb::Keep;
+    steps.push(config);
+    let mut live_first: Option<Step> = None;
 
     let version = desired.secret_version;
     let secrets_name = format!("{} + {}", version.password_name(), version.url_name());
@@ -172,7 +176,18 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         if container.verb != Verb::Keep {
             renewed.push(&spec.name);
         }
+        if spec.name == STATE_CONTAINER && container.verb == Verb::Keep && config_changes {
+            // The running server keeps going; its new settings are applied in
+            // place, before the file is written (see `live_step`).
+            if let Some(live) = live_step(desired, observed) {
+                live_first = Some(live);
+                continue;
+            }
+        }
         steps.push(container);
+    }
+    if let Some(live) = live_first {
+        steps.insert(0, live);
     }
 
     if observed.boot_unit_enabled == Some(false) {
@@ -489,6 +504,25 @@ fn config_step(desired: &Desired, observed: &Observed) -> Step {
     }
 }
 
+/// evi-state kept, its config file changing: the live directives that
+/// differ, set with `CONFIG SET` on the running server. It comes first in the
+/// plan: a value Valkey refuses then stops the run before the file is written,
+/// and a run killed in between leaves the old file, so the next `up` applies
+/// the same change again (it can be repeated).
+fn live_step(desired: &Desired, observed: &Observed) -> Option<Step> {
+    let changes = live_changes(observed.config.as_deref(), &desired.config.content);
+    if changes.is_empty() {
+        return None;
+    }
+    Some(step(
+        Kind::Container,
+        STATE_CONTAINER,
+        Verb::Update,
+        &format!("in place: {} (no restart)", describe_live(&changes)),
+        Change::ConfigSet { changes },
+    ))
+}
+
 fn container_step(
     spec: &ContainerSpec,
     observed: Option<&ObservedContainer>,
@@ -497,6 +531,13 @@ fn container_step(
     owner_changed: Option<String>,
 ) -> Step {
     let create = |verb, reason: &str| {
+        // Replacing evi-state restarts Valkey, which reloads its whole data set: say so.
+        let reason = if spec.name == STATE_CONTAINER && verb == Verb::Replace {
+            format!("restart: {reason}")
+        } else {
+            reason.to_string()
+        };
+        let reason = reason.as_str();
         let change = match verb {
             Verb::Create => Change::CreateContainer {
                 spec: Box::new(spec.clone()),
@@ -713,7 +754,11 @@ mod tests {
             (
                 "config removed by hand",
                 |o| o.config = None,
-                vec!["Create file /var/lib/evi/valkey/valkey.conf"],
+                // The server's values are unknown without the file: set them all again.
+                vec![
+                    "Update container evi-state",
+                    "Create file /var/lib/evi/valkey/valkey.conf",
+                ],
             ),
             (
                 "evi-worker stopped",
@@ -971,10 +1016,49 @@ mod tests {
     }
 
     #[test]
-    fn a_config_change_replaces_evi_state_only_and_shows_a_diff() {
+    fn a_live_config_change_updates_evi_state_in_place_before_the_file() {
         let old = app();
         let new = desired(
             "maxmemory 512mb\n",
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+        );
+        let p = plan(&new, &converged(&old)).unwrap();
+        assert_eq!(
+            summary(&p),
+            [
+                "Update container evi-state",
+                "Update file /var/lib/evi/valkey/valkey.conf"
+            ]
+        );
+        assert_eq!(
+            p.steps[0].reason,
+            "in place: maxmemory 1gb → 512mb (no restart)"
+        );
+        assert_eq!(
+            p.steps[0].change,
+            Change::ConfigSet {
+                changes: vec![crate::live_config::LiveChange {
+                    key: "maxmemory".into(),
+                    old: Some("1gb".into()),
+                    new: "512mb".into()
+                }]
+            }
+        );
+        assert_eq!(
+            p.steps[1].diff.as_deref(),
+            Some("--- current\n+++ planned\n@@ -1 +1 @@\n-maxmemory 1gb\n+maxmemory 512mb\n")
+        );
+        assert_eq!(p.count(Verb::Update), 2);
+    }
+
+    #[test]
+    fn a_config_change_that_needs_a_restart_replaces_evi_state_only_and_says_so() {
+        let old = desired(
+            "port 6379\nmaxmemory 1gb\n",
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }",
+        );
+        let new = desired(
+            "port 6380\nmaxmemory 512mb\n",
             "services: { evi-be: { image: app }, evi-worker: { image: app } }",
         );
         let p = plan(&new, &converged(&old)).unwrap();
@@ -985,12 +1069,8 @@ mod tests {
                 "Replace container evi-state"
             ]
         );
-        assert_eq!(
-            p.steps[0].diff.as_deref(),
-            Some("--- current\n+++ planned\n@@ -1 +1 @@\n-maxmemory 1gb\n+maxmemory 512mb\n")
-        );
         let replace = p.steps.iter().find(|s| s.verb == Verb::Replace).unwrap();
-        assert_eq!(replace.reason, "valkey.conf changed");
+        assert_eq!(replace.reason, "restart: valkey.conf changed");
     }
 
     #[test]

@@ -338,14 +338,25 @@ fn the_server_refuses_to_start_without_a_usable_password() {
 }
 
 #[test]
-fn a_config_change_replaces_only_evi_state_and_keeps_the_data() {
+fn a_live_config_change_updates_evi_state_in_place_and_keeps_the_data() {
     let _lock = fresh_host();
     let site = Site::new("");
     assert_eq!(site.up(&[]).code, 0);
     let entry = state_cli("xadd stream:tasks:email '*' type welcome");
     let be = container_id("evi-be");
+    let identity = || {
+        podman_ok(&[
+            "inspect",
+            "evi-state",
+            "--format",
+            "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+        ])
+    };
+    let before = identity();
 
-    site.write_settings("valkey:\n  maxmemory: 512mb\n");
+    site.write_settings(
+        "valkey:\n  maxmemory: 512mb\n  maxmemory_policy: volatile-ttl\n  appendfsync: always\n",
+    );
     let dry = site.up(&["--dry-run", "--detailed-exitcode"]);
     assert_eq!(dry.code, 2, "{}", dry.all());
     assert!(
@@ -354,26 +365,46 @@ fn a_config_change_replaces_only_evi_state_and_keeps_the_data() {
         dry.stdout
     );
     assert!(
-        dry.stdout.contains("-/+ replace container evi-state"),
+        dry.stdout.contains(
+            "(in place: appendfsync everysec → always, maxmemory 1gb → 512mb, \
+             maxmemory-policy volatile-lru → volatile-ttl (no restart))"
+        ),
         "{}",
         dry.stdout
     );
+    assert!(!dry.stdout.contains("replace container"), "{}", dry.stdout);
     assert!(
         dry.stdout
-            .contains("Plan: 0 to create, 1 to replace, 1 to update, 6 unchanged."),
+            .contains("Plan: 0 to create, 0 to replace, 2 to update, 6 unchanged."),
         "{}",
         dry.stdout
     );
 
     let up = site.up(&[]);
     assert_eq!(up.code, 0, "{}", up.all());
+    assert_eq!(identity(), before, "evi-state was not restarted");
     assert_eq!(state_cli("config get maxmemory"), "maxmemory\n536870912");
+    assert_eq!(
+        state_cli("config get maxmemory-policy"),
+        "maxmemory-policy\nvolatile-ttl"
+    );
+    assert_eq!(state_cli("config get appendfsync"), "appendfsync\nalways");
     assert!(
         state_cli("xrange stream:tasks:email - +").starts_with(&entry),
-        "the stream entry survived the replace"
+        "the stream entry is there"
     );
     assert_eq!(container_id("evi-be"), be, "evi-be was left alone");
+    // The file holds the new values too, so a later start uses them.
+    assert_eq!(site.evi().args(["render", "--check"]).run().code, 0);
     assert_eq!(site.up(&["--dry-run", "--detailed-exitcode"]).code, 0);
+    // And after a restart the server reads them from the file.
+    podman_ok(&["restart", "-t", "30", "evi-state"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while podman(&["exec", "evi-state", "sh", "-c", "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" valkey-cli --no-auth-warning --user evi-admin ping"]).stdout.trim() != "PONG" {
+        assert!(std::time::Instant::now() < deadline, "evi-state did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(state_cli("config get maxmemory"), "maxmemory\n536870912");
 }
 
 #[test]
