@@ -56,7 +56,7 @@ EVI_TEST_NETWORK_BACKEND="${EVI_TEST_NETWORK_BACKEND:-netavark}"
 # recommends, so both network backends are listed explicitly and nothing depends on what
 # an earlier run or another package happened to bring. curl is for the readiness ping.
 EVI_TEST_PACKAGES=(podman runc netavark aardvark-dns containernetworking-plugins iproute2 procps python3
-    debootstrap busybox-static uidmap ca-certificates curl)
+    debootstrap busybox-static uidmap slirp4netns ca-certificates curl)
 # How long to wait for the REST service to answer its ping.
 EVI_TEST_SERVICE_TIMEOUT="${EVI_TEST_SERVICE_TIMEOUT:-20}"
 
@@ -400,6 +400,9 @@ _evi_build_valkey_image_locked() {
     mirror="$(evi_debian_mirror)"
     start=$SECONDS
     root="$(mktemp -d "$EVI_TEST_DIR/valkey-root.XXXXXX")"
+    # mktemp makes it 0700, and it becomes the image's /: only root could enter it,
+    # which a rootless Podman's valkey user notices (the rootless lane).
+    chmod 0755 "$root"
     # shellcheck disable=SC2064  # expand $root now: it is local to this function
     trap "evi_remove_root '$root'" EXIT
     evi_log "building $EVI_TEST_VALKEY_IMAGE: debootstrap trixie from $mirror (log: $EVI_TEST_DIR/debootstrap.log)"
@@ -587,6 +590,7 @@ _evi_build_client_image_locked() {
     mirror="$(evi_debian_mirror)"
     start=$SECONDS
     root="$(mktemp -d "$EVI_TEST_DIR/client-root.XXXXXX")"
+    chmod 0755 "$root"  # the image's /, as for the Valkey image
     # shellcheck disable=SC2064  # expand $root now: it is local to this function
     trap "evi_remove_root '$root'" EXIT
     evi_log "building $EVI_TEST_CLIENT_IMAGE (clients $hash): debootstrap trixie from $mirror (log: $EVI_TEST_DIR/client-debootstrap.log)"

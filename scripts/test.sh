@@ -9,7 +9,9 @@
 #   2. Debian 12's Podman 4.3 with CNI and no DNS plugin (`apt-get install
 #      --no-install-recommends podman`): container names do not resolve at all;
 #   3. Debian trixie's Podman 5.4, nested in a container of the host's Podman
-#      (scripts/podman5-env.sh). EVI_TEST_PODMAN5=0 leaves it out of a local run.
+#      (scripts/podman5-env.sh). EVI_TEST_PODMAN5=0 leaves it out of a local run;
+#   4. Debian 12's Podman 4.3 rootless: an ordinary user's Podman and the tests run as
+#      that user (scripts/rootless-env.sh). EVI_TEST_ROOTLESS=0 leaves it out of a local run.
 # Then a reboot of a nested host with systemd (scripts/reboot-env.sh, tests/reboot.rs);
 # EVI_TEST_REBOOT=0 leaves it out of a local run.
 #
@@ -25,10 +27,12 @@ source scripts/test-env.sh
 source scripts/podman5-env.sh
 # shellcheck source=scripts/reboot-env.sh
 source scripts/reboot-env.sh
+# shellcheck source=scripts/rootless-env.sh
+source scripts/rootless-env.sh
 
 # The trap is in place before anything is started. INT/TERM are turned into a normal exit
 # so that the EXIT trap runs (bash skips it when killed by an untrapped signal).
-trap 'evi_reboot_stop; evi_podman5_stop; evi_test_env_stop' EXIT
+trap 'evi_reboot_stop; evi_podman5_stop; evi_rootless_stop; evi_test_env_stop' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -36,6 +40,8 @@ step() { printf '\n===== %s =====\n' "$*"; }
 
 # The modules that talk to Podman; the unit and CLI tests do not depend on the host.
 E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure:: replicas:: permissions::)
+# What the rootless lane runs: the set-up, rotation, bad input, real clients and permissions.
+ROOTLESS_MODULES=(e2e:: rotation:: catalogue:: clients:: permissions::)
 
 # The schema validator of the `export kubernetes` tests (tests/export.rs): pinned, offline
 # once installed, in a venv under target/ so nothing outside the checkout changes.
@@ -72,24 +78,39 @@ cargo fmt --check
 step "cargo clippy --all-targets --features test-hooks -- -D warnings"
 cargo clippy --all-targets --features test-hooks -- -D warnings
 
-step "lane 1/3: Podman 4.3, netavark + aardvark-dns: test environment"
+step "lane 1/4: Podman 4.3, netavark + aardvark-dns: test environment"
 evi_test_lane netavark
 evi_test_env_up
-step "lane 1/3: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks${*:+ $*}"
+step "lane 1/4: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks${*:+ $*}"
 cargo test --features test-hooks "$@"
 evi_test_env_clean
 evi_test_env_stop
 
 # This lane's Podman has its own storage, lock and evi-net subnet (evi_test_lane).
-step "lane 2/3: Podman 4.3, CNI without DNS: test environment"
+step "lane 2/4: Podman 4.3, CNI without DNS: test environment"
 lane_start=$SECONDS
 evi_test_lane cni
 evi_test_env_up
-step "lane 2/3: Podman 4.3, CNI without DNS: cargo test --test integration -- ${E2E_MODULES[*]}"
+step "lane 2/4: Podman 4.3, CNI without DNS: cargo test --test integration -- ${E2E_MODULES[*]}"
 cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}"
 evi_test_env_clean
 evi_test_env_stop
 evi_log "lane 2 (CNI) took $((SECONDS - lane_start))s"
+
+# Rootless: the user's own storage, service and network namespace; the tests run as the
+# user. The full-disk test mounts a tmpfs, which only root can.
+if [[ "${EVI_TEST_ROOTLESS:-1}" != 0 ]]; then
+    step "lane 4/4: Podman 4.3 rootless: the user's Podman service"
+    lane_start=$SECONDS
+    evi_test_lane netavark
+    evi_test_env_up
+    evi_rootless_up
+    step "lane 4/4: Podman 4.3 rootless: the integration tests as $EVI_RL_USER -- ${ROOTLESS_MODULES[*]}"
+    evi_rootless_test "${ROOTLESS_MODULES[@]}" \
+        --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
+    evi_rootless_stop
+    evi_log "lane 4 (rootless) took $((SECONDS - lane_start))s"
+fi
 
 # The nested Podman 5 runs in a container of the host's default Podman (lane 1's set-up),
 # which the benchmark smoke run afterwards uses too.
@@ -100,19 +121,19 @@ evi_test_env_up
 # nested Podman started; the host's mounts are private, so the nested Podman would never see
 # it, and what it tests (atomic config writes) does not depend on Podman.
 if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
-    step "lane 3/3: Podman 5.4 (nested): start the service"
+    step "lane 3/4: Podman 5.4 (nested): start the service"
     lane_start=$SECONDS
     evi_podman5_up
     # evi-install runs on this host and checks evi-net's subnet against this host's
     # routes: the nested lane gets a subnet of its own, which no bridge of lane 1 holds.
     export EVI_TEST_SUBNET=10.90.233.0/24
-    step "lane 3/3: Podman 5.4 (nested): cargo test --test integration -- ${E2E_MODULES[*]}"
+    step "lane 3/4: Podman 5.4 (nested): cargo test --test integration -- ${E2E_MODULES[*]}"
     cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}" \
         --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
     # `podman kube play` of the exported manifests: Podman 5 only (4.3 cannot read a Secret
     # through secretKeyRef, podman#16269), so these tests are #[ignore]d everywhere else and
     # selected here alone; each checks that the server really is Podman 5.
-    step "lane 3/3: Podman 5.4 (nested): cargo test --test integration -- kube_play:: --ignored"
+    step "lane 3/4: Podman 5.4 (nested): cargo test --test integration -- kube_play:: --ignored"
     kube_log="$EVI_TEST_DIR/kube-play-test.log"
     cargo test --features test-hooks --test integration -- kube_play:: --ignored 2>&1 | tee "$kube_log"
     grep -Eq 'test result: ok\. [1-9][0-9]* passed' "$kube_log" ||

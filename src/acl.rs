@@ -55,6 +55,17 @@ pub const ADMIN_CLI: &str = "cli() { REDISCLI_AUTH=\"$(cat /run/secrets/evi-admi
 pub const PING_SCRIPT: &str = "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\" \
      exec valkey-cli --no-auth-warning --user evi-admin -e ping";
 
+/// `up`'s readiness check: [`PING_SCRIPT`]'s PING, and while the server
+/// answers `-LOADING` (it is reading its data set at start), its progress
+/// from `INFO persistence` (`loading_loaded_perc`, `loading_eta_seconds`;
+/// INFO is one of the commands Valkey serves while loading). Exit 0 on PONG.
+pub const READY_SCRIPT: &str = r#"out=$(cli ping 2>&1) && [ "$out" = PONG ] && { echo PONG; exit 0; }
+echo "$out"
+case "$out" in
+  *LOADING*) cli INFO persistence 2>/dev/null | tr -d '\r' | grep -E '^loading_(loaded_perc|eta_seconds):' ;;
+esac
+exit 1"#;
+
 /// `ADMIN_CLI`, then `body`.
 pub fn admin_script(body: &str) -> String {
     format!("{ADMIN_CLI}\n{body}")

@@ -338,7 +338,11 @@ async fn start<E: Engine>(engine: &E, name: &str, ui: &Ui, opts: &Options) -> Re
     engine.start_container(name).await?;
     if name == STATE_CONTAINER {
         let _spinner = ui.spinner("waiting for evi-state to answer an authenticated PING");
-        wait_ready(engine, opts.ready_timeout).await?;
+        // A restart reloads the whole data set: say how far it got, not just a spinner.
+        wait_ready_reporting(engine, opts.ready_timeout, &|p| {
+            ui.info(&format!("\r  {p}"))
+        })
+        .await?;
     }
     Ok(())
 }
@@ -434,9 +438,21 @@ pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
 pub use crate::acl::PING_SCRIPT;
 
 pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> {
+    wait_ready_reporting(engine, timeout, &|_| {}).await
+}
+
+/// `wait_ready`, telling `report` how far evi-state is in loading its data
+/// set while it answers `-LOADING` (at most once a second).
+pub async fn wait_ready_reporting<E: Engine>(
+    engine: &E,
+    timeout: Duration,
+    report: &dyn Fn(&str),
+) -> Result<()> {
     // A local Valkey is usually up within a few tens of ms.
     let mut poll = Poll::new(timeout);
     let mut last;
+    let mut reported: Option<Instant> = None;
+    let script = crate::acl::admin_script(crate::acl::READY_SCRIPT);
     loop {
         match engine.container_state(STATE_CONTAINER).await? {
             Some((state, code)) if has_stopped(&state) => {
@@ -455,10 +471,19 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
         }
         // Bounded by what is left of the wait: a hung exec cannot outlast it.
         let limit = poll.remaining().max(Duration::from_secs(1));
-        let ping = engine.exec(STATE_CONTAINER, &["sh", "-c", PING_SCRIPT], &[]);
+        let command = ["sh", "-c", script.as_str()];
+        let ping = engine.exec(STATE_CONTAINER, &command, &[]);
         match tokio::time::timeout(limit, ping).await {
             Ok(Ok(out)) if out.exit_code == 0 && out.stdout.trim() == "PONG" => return Ok(()),
-            Ok(Ok(out)) => last = format!("{}{}", out.stdout.trim(), out.stderr.trim()),
+            Ok(Ok(out)) => {
+                if let Some(progress) = loading_progress(&out.stdout) {
+                    if reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        report(&progress);
+                        reported = Some(Instant::now());
+                    }
+                }
+                last = format!("{}{}", out.stdout.trim(), out.stderr.trim());
+            }
             Ok(Err(e)) => last = format!("{e:#}"),
             Err(_) => last = format!("none within {:.1}s", limit.as_secs_f64()),
         }
@@ -475,11 +500,55 @@ pub async fn wait_ready<E: Engine>(engine: &E, timeout: Duration) -> Result<()> 
     }
 }
 
+/// "loading its data set: 42% done, about 5 s left" from the readiness
+/// script's output while Valkey answers `-LOADING`; `None` otherwise.
+fn loading_progress(out: &str) -> Option<String> {
+    if !out.contains("LOADING") {
+        return None;
+    }
+    let field = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let mut text = "evi-state is loading its data set".to_string();
+    if let Some(perc) = field("loading_loaded_perc:") {
+        let perc: f64 = perc.parse().unwrap_or(0.0);
+        text.push_str(&format!(": {perc:.0}% done"));
+    }
+    if let Some(eta) = field("loading_eta_seconds:").and_then(|v| v.parse::<i64>().ok()) {
+        if eta >= 0 {
+            text.push_str(&format!(", about {eta} s left"));
+        }
+    }
+    Some(text)
+}
+
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod loading_tests {
+    use super::loading_progress;
+
+    #[test]
+    fn a_loading_server_reports_its_progress() {
+        let out = "LOADING Valkey is loading the dataset in memory\nloading_loaded_perc:42.17\nloading_eta_seconds:5\n";
+        assert_eq!(
+            loading_progress(out).as_deref(),
+            Some("evi-state is loading its data set: 42% done, about 5 s left")
+        );
+        assert_eq!(loading_progress("NOAUTH Authentication required."), None);
+        assert_eq!(
+            loading_progress("LOADING Valkey is loading").as_deref(),
+            Some("evi-state is loading its data set")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -526,7 +595,10 @@ mod tests {
                 "start container evi-state-addr",
                 "create container evi-state",
                 "start container evi-state",
-                &format!("exec evi-state sh -c {PING_SCRIPT}"),
+                &format!(
+                    "exec evi-state sh -c {}",
+                    crate::acl::admin_script(crate::acl::READY_SCRIPT)
+                ),
                 "create container evi-be",
                 "start container evi-be",
             ]
@@ -565,7 +637,11 @@ mod tests {
         let calls = engine.calls();
         let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
         assert!(
-            at("create container evi-probe") > at(&format!("exec evi-state sh -c {PING_SCRIPT}"))
+            at("create container evi-probe")
+                > at(&format!(
+                    "exec evi-state sh -c {}",
+                    crate::acl::admin_script(crate::acl::READY_SCRIPT)
+                ))
         );
         assert!(calls.contains(&"wait container evi-probe".to_string()));
 

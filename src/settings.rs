@@ -554,6 +554,7 @@ fn resolve(
     let state_dir = state_dir
         .map(Path::to_path_buf)
         .or(file.state_dir)
+        .or_else(user_state_dir)
         .or(defaults.state_dir)
         .ok_or_else(|| missing_default("state_dir"))?;
     if !state_dir.is_absolute() {
@@ -771,6 +772,34 @@ impl Settings {
     }
 }
 
+/// For an ordinary user (rootless Podman) the default state directory is the
+/// user's own, where the XDG base directory spec places state:
+/// `$XDG_STATE_HOME/evi`, else `~/.local/state/evi`. Root keeps the built-in
+/// `/var/lib/evi` (`state/defaults.yaml`).
+#[test]
+fn an_ordinary_users_state_dir_is_under_their_home() {
+    // Whoever runs the tests: root gets none (the built-in default applies).
+    match user_state_dir() {
+        None => assert!(rustix::process::geteuid().is_root()),
+        Some(dir) => assert!(dir.ends_with("evi") && dir.is_absolute()),
+    }
+}
+
+fn user_state_dir() -> Option<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local/state"))
+        })
+        .map(|d| d.join("evi"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,7 +811,9 @@ mod tests {
     #[test]
     fn defaults_match_the_seed_guide() {
         let s = from_yaml(None, None).unwrap();
-        assert_eq!(s.state_dir, PathBuf::from("/var/lib/evi"));
+        // Root's default; an ordinary user's is under their home (XDG).
+        let expected = user_state_dir().unwrap_or_else(|| PathBuf::from("/var/lib/evi"));
+        assert_eq!(s.state_dir, expected);
         assert_eq!(s.network, "evi-net");
         assert_eq!(s.services.evi_state.image, "docker.io/valkey/valkey:8");
         assert_eq!(s.services.evi_be, None);

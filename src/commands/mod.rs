@@ -99,7 +99,11 @@ async fn observe<E: crate::engine::Engine>(
             || crate::model::is_leftover(name)
     });
     observed.config = crate::fsutil::read_optional(&settings.config_path())?;
-    // Host routes count as used subnets, except evi-net's own bridge route.
+    // Host routes count as used subnets, except evi-net's own bridge route. Also
+    // for a rootless Podman: its networks live in the user's network namespace,
+    // but Podman 4.3 still refuses a subnet that a route of the host uses ("subnet
+    // ... is already used on the host or by another config", seen rootless), so
+    // the check here says so first, in one line, before anything changes.
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let own = observed
         .network

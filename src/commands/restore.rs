@@ -229,7 +229,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
         // 6. evi-state on the restored data.
         let t = Instant::now();
         engine.start_container(STATE_CONTAINER).await?;
-        crate::apply::wait_ready(&engine, ready).await?;
+        crate::apply::wait_ready_reporting(&engine, ready, &|p| ui.info(&format!("  {p}"))).await?;
         let gap = down.elapsed();
         step("start-state", t);
         // 7. What clients cannot undo is there.

@@ -71,15 +71,13 @@ pub fn resolve_url(explicit: Option<&str>) -> String {
     if let Some(url) = explicit.filter(|u| !u.is_empty()) {
         return url.to_string();
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
         return "unix:///run/podman/podman.sock".to_string();
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) => format!("unix://{}/podman/podman.sock", PathBuf::from(dir).display()),
-        None => format!("unix:///run/user/{}/podman/podman.sock", unsafe {
-            libc::geteuid()
-        }),
+        None => format!("unix:///run/user/{}/podman/podman.sock", uid.as_raw()),
     }
 }
 
@@ -418,18 +416,27 @@ impl Engine for PodmanEngine {
                 nsmode: Some("none".to_string()),
                 value: None,
             }),
-            None => b.networks([(
-                spec.network.clone(),
-                models::PerNetworkOptions {
-                    aliases: Some(spec.aliases.clone()),
-                    interface_name: None,
-                    static_ips: spec.addresses.first().map(|ip| vec![ip.to_string()]),
-                    static_mac: spec
-                        .addresses
-                        .first()
-                        .map(|ip| crate::addressing::mac_for(*ip)),
-                },
-            )]),
+            // Bridge mode named explicitly: a rootless Podman otherwise defaults to
+            // slirp4netns and refuses a network with static addresses ("networks
+            // and static ip/mac address can only be used with Bridge mode
+            // networking", libpod's specgen validation); rootful it is the default.
+            None => b
+                .net_namespace(models::Namespace {
+                    nsmode: Some("bridge".to_string()),
+                    value: None,
+                })
+                .networks([(
+                    spec.network.clone(),
+                    models::PerNetworkOptions {
+                        aliases: Some(spec.aliases.clone()),
+                        interface_name: None,
+                        static_ips: spec.addresses.first().map(|ip| vec![ip.to_string()]),
+                        static_mac: spec
+                            .addresses
+                            .first()
+                            .map(|ip| crate::addressing::mac_for(*ip)),
+                    },
+                )]),
         };
         if !spec.hosts.is_empty() {
             b = b.hosts_add(spec.hosts.clone());
