@@ -71,6 +71,49 @@ pub fn admin_script(body: &str) -> String {
     format!("{ADMIN_CLI}\n{body}")
 }
 
+/// A Valkey user as `status` shows it: from one line of `ACL LIST`, with the
+/// password hashes counted and left out (they never reach any output).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub name: String,
+    pub enabled: bool,
+    /// How many passwords it accepts (two in the middle of a rotation).
+    pub passwords: usize,
+    /// Its keys, channels and commands, as Valkey reports them.
+    pub rules: String,
+}
+
+/// Appended to a script after `ADMIN_CLI`: one `evi_user:` line per user, the
+/// SHA-256 hashes already replaced by a bare `#` inside the container.
+pub const USERS_SCRIPT: &str = "cli ACL LIST | sed -E 's/ #[0-9a-f]{64}/ #/g; s/^/evi_user:/'";
+
+/// One line of `ACL LIST` (hashes already reduced to `#`).
+pub fn parse_user(line: &str) -> Option<User> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "user" {
+        return None;
+    }
+    let name = words.next()?.to_string();
+    let mut user = User {
+        name,
+        enabled: false,
+        passwords: 0,
+        rules: String::new(),
+    };
+    let mut rules = Vec::new();
+    for w in words {
+        match w {
+            "on" => user.enabled = true,
+            "off" => user.enabled = false,
+            "sanitize-payload" | "skip-sanitize-payload" => {}
+            w if w.starts_with('#') => user.passwords += 1,
+            w => rules.push(w),
+        }
+    }
+    user.rules = rules.join(" ");
+    Some(user)
+}
+
 /// The rotation helper's script (`templates/container/acl-change.sh`).
 pub const ACL_CHANGE_SCRIPT: &str = include_str!("../templates/container/acl-change.sh");
 
@@ -83,6 +126,25 @@ mod tests {
         assert!(ADMIN_CLI.contains("REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\""));
         assert!(!ADMIN_CLI.contains("-a "));
         assert!(admin_script("cli PING").ends_with("\ncli PING"));
+    }
+
+    #[test]
+    fn acl_list_lines_read_as_users_without_hashes() {
+        let u = parse_user(
+            "user default on sanitize-payload # # ~cache:* resetchannels &cache:* -@all +@string",
+        )
+        .unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.enabled, u.passwords, u.rules.as_str()),
+            (
+                "default",
+                true,
+                2,
+                "~cache:* resetchannels &cache:* -@all +@string"
+            )
+        );
+        assert_eq!(parse_user("not a user"), None);
+        assert!(USERS_SCRIPT.contains("[0-9a-f]{64}"));
     }
 
     #[test]

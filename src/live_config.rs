@@ -125,6 +125,27 @@ while [ "$#" -gt 0 ]; do
 done
 "#;
 
+/// Prints `evi-config KEY VALUE` for each key given as an argument, as the
+/// running server reports it (run after `acl::ADMIN_CLI`).
+pub const READ_SCRIPT: &str = r#"for key in "$@"; do
+  printf 'evi-config %s %s\n' "$key" "$(cli CONFIG GET "$key" | sed -n 2p)"
+done
+"#;
+
+/// The changes the server does not have yet: those whose value, as the
+/// server reports it (`READ_SCRIPT`'s output), is not the new one.
+pub fn not_in_force<'a>(changes: &'a [LiveChange], reported: &str) -> Vec<&'a LiveChange> {
+    changes
+        .iter()
+        .filter(|c| {
+            let got = reported
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("evi-config {} ", c.key)));
+            got.map(str::trim) != Some(as_reported(&c.new).as_str())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -510,7 +510,10 @@ fn config_step(desired: &Desired, observed: &Observed) -> Step {
 /// and a run killed in between leaves the old file, so the next `up` applies
 /// the same change again (it can be repeated).
 fn live_step(desired: &Desired, observed: &Observed) -> Option<Step> {
-    let changes = live_changes(observed.config.as_deref(), &desired.config.content);
+    // No file, no record of what evi-state was given: it was given the settings
+    // when it was made (its hash says so), and the file is only written anew.
+    let old = observed.config.as_deref()?;
+    let changes = live_changes(Some(old), &desired.config.content);
     if changes.is_empty() {
         return None;
     }
@@ -754,11 +757,7 @@ mod tests {
             (
                 "config removed by hand",
                 |o| o.config = None,
-                // The server's values are unknown without the file: set them all again.
-                vec![
-                    "Update container evi-state",
-                    "Create file /var/lib/evi/valkey/valkey.conf",
-                ],
+                vec!["Create file /var/lib/evi/valkey/valkey.conf"],
             ),
             (
                 "evi-worker stopped",

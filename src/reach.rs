@@ -52,7 +52,12 @@ if [ -n "$user" ]; then set -- "$@" --user "$user"; fi
 out=$(REDISCLI_AUTH="$pass" valkey-cli --no-auth-warning -e -t 2 "$@" ping 2>&1)
 echo "$out"
 case "$out" in
-  PONG) exit 0 ;;
+  PONG)
+    # Proof of who it is: the URL's user (none: `default`), as ACL WHOAMI says.
+    who=$(REDISCLI_AUTH="$pass" valkey-cli --no-auth-warning -e -t 2 "$@" acl whoami 2>&1)
+    [ "$who" = "${user:-default}" ] && exit 0
+    echo "authenticates as ${who:-nobody}, not as ${user:-default}"
+    exit 14 ;;
   *NOAUTH*|*WRONGPASS*|*"invalid password"*|*"invalid username-password"*) exit 12 ;;
   *"Name or service not known"*|*"name resolution"*|*"No address associated"*) exit 10 ;;
   *) exit 11 ;;
@@ -66,6 +71,8 @@ pub enum Layer {
     NameResolution,
     Connection,
     Authentication,
+    /// Authenticated, but as another Valkey user than its URL names.
+    Identity,
     Other,
 }
 
@@ -82,6 +89,9 @@ impl Layer {
             Layer::Authentication => {
                 "the client's VALKEY_URL holds a password evi-state does not accept: run `evi-install rotate-secret` to finish any interrupted rotation"
             }
+            Layer::Identity => {
+                "the client's VALKEY_URL authenticates as another Valkey user than it names: run `evi-install up`"
+            }
             Layer::Other => "see `evi-install status` and evi-state's log (`podman logs evi-state`)",
         }
     }
@@ -93,6 +103,7 @@ impl fmt::Display for Layer {
             Layer::NameResolution => "name resolution",
             Layer::Connection => "connection",
             Layer::Authentication => "authentication",
+            Layer::Identity => "identity (ACL WHOAMI)",
             Layer::Other => "probe",
         })
     }
@@ -116,6 +127,7 @@ impl Reach {
             10 => Layer::NameResolution,
             11 => Layer::Connection,
             12 => Layer::Authentication,
+            14 => Layer::Identity,
             _ => Layer::Other,
         };
         let detail = redact(output.trim());
@@ -297,6 +309,7 @@ mod tests {
                 "rest=${url#redis://}",
                 "pass=${cred#*:}",
                 "out=$(REDISCLI_AUTH=\"$pass\" valkey-cli --no-auth-warning -e -t 2 \"$@\" ping 2>&1)",
+                "who=$(REDISCLI_AUTH=\"$pass\" valkey-cli --no-auth-warning -e -t 2 \"$@\" acl whoami 2>&1)",
             ]
         );
     }

@@ -150,4 +150,35 @@ fn clients_can_run_the_guides_commands_and_nothing_administrative() {
         }
         state_cli("del stream:tasks:probe op:ratelimit:probe");
     }
+
+    // status shows each user with its rules and how many passwords it accepts,
+    // never a password or its hash, and each client authenticating as `default`.
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("user     default (on, 1 password): ~cache:* ~op:* ~stream:*"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("user     evi-admin (on, 1 password): ~* &* +@all"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains(
+            "evi-be     reaches evi-state: PONG with its VALKEY_URL, as the user it names"
+        ),
+        "{}",
+        status.stdout
+    );
+    let hex64 = status
+        .all()
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .any(|w| w.len() == 64);
+    assert!(!hex64, "a hash in status' output: {}", status.all());
 }

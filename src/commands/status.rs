@@ -52,6 +52,8 @@ struct ValkeyHealth {
     streams_with_ttl: Vec<String>,
     /// The task queues (`stream:*`), at most 100.
     streams: Vec<StreamInfo>,
+    /// evi-state's Valkey users (`acl.rs`), without their password hashes.
+    users: Vec<crate::acl::User>,
 }
 
 #[derive(Debug, Serialize, Default, PartialEq)]
@@ -132,7 +134,6 @@ cli --scan --pattern 'stream:*' | head -n 100 | while IFS= read -r key; do
     esac
   done
 done
-exit 0
 "##;
 
 pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -> Result<u8> {
@@ -197,11 +198,32 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
                 }
             }
         }
+        if let Some(u) = h
+            .users
+            .iter()
+            .find(|u| u.name == "default" && u.passwords > 1)
+        {
+            warnings.push(format!(
+                "evi-state accepts {} passwords for the clients' user `{}`: a rotation is unfinished; \
+                 run `evi-install rotate-secret` to finish it",
+                u.passwords, u.name
+            ));
+        }
         for key in &h.streams_with_ttl {
             warnings.push(format!(
                 "stream `{key}` has a TTL: under volatile-* eviction it can be evicted with its queued tasks; `PERSIST {key}`"
             ));
         }
+    }
+    if crate::rotation::interrupted(&observed) {
+        warnings.push(
+            "a password rotation was interrupted (two generations of secrets, or its helper, are on the host); \
+             run `evi-install rotate-secret` to finish it"
+                .to_string(),
+        );
+    }
+    if state_running {
+        live_drift(&engine, &conf, &observed, &mut resources).await;
     }
     let clients = if state_running {
         client_reach(&engine, settings, &observed).await
@@ -277,6 +299,49 @@ async fn client_reach<E: Engine>(
 }
 
 /// Every resource with its state and drift, from the same planner `up` uses.
+/// A config file that differs in directives Valkey changes at run time says
+/// nothing certain about the running server (the file may have been edited
+/// by hand): ask the server. evi-state matches when it reports the settings'
+/// values; otherwise the drift names the values it has.
+async fn live_drift<E: crate::engine::Engine>(
+    engine: &E,
+    conf: &str,
+    observed: &Observed,
+    resources: &mut [Resource],
+) {
+    let Some(state) = resources
+        .iter_mut()
+        .find(|r| r.kind == Kind::Container && r.name == STATE_CONTAINER)
+    else {
+        return;
+    };
+    if !state
+        .drift
+        .as_deref()
+        .is_some_and(|d| d.starts_with("in place:"))
+    {
+        return;
+    }
+    let changes = crate::live_config::live_changes(observed.config.as_deref(), conf);
+    let script = crate::acl::admin_script(crate::live_config::READ_SCRIPT);
+    let mut command = vec!["sh", "-c", script.as_str(), "config-get"];
+    command.extend(changes.iter().map(|c| c.key.as_str()));
+    let Ok(out) = engine.exec(STATE_CONTAINER, &command, &[]).await else {
+        return;
+    };
+    let missing = crate::live_config::not_in_force(&changes, &out.stdout);
+    if missing.is_empty() {
+        state.matches = true;
+        state.drift = None;
+    } else {
+        let keys: Vec<&str> = missing.iter().map(|c| c.key.as_str()).collect();
+        state.drift = Some(format!(
+            "running with other values than the settings for {} (`up` sets them in place, no restart)",
+            keys.join(", ")
+        ));
+    }
+}
+
 fn resources(settings: &Settings, conf: &str, observed: &Observed) -> Vec<Resource> {
     let wanted = desired::build(settings, conf, secret_version_for(observed));
     let mut out = Vec::new();
@@ -337,7 +402,14 @@ async fn health<E: Engine>(engine: &E) -> Result<ValkeyHealth> {
     let out = engine
         .exec(
             STATE_CONTAINER,
-            &["sh", "-c", &crate::acl::admin_script(HEALTH_SCRIPT)],
+            &[
+                "sh",
+                "-c",
+                &crate::acl::admin_script(&format!(
+                    "{HEALTH_SCRIPT}\n{}",
+                    crate::acl::USERS_SCRIPT
+                )),
+            ],
             &[],
         )
         .await?;
@@ -356,6 +428,7 @@ fn parse_info(text: &str) -> ValkeyHealth {
         };
         let num = || value.parse::<u64>().unwrap_or(0);
         match key {
+            "evi_user" => h.users.extend(crate::acl::parse_user(value)),
             "used_memory" => h.used_memory = num(),
             "maxmemory" => h.maxmemory = num(),
             "aof_enabled" => h.aof_enabled = value == "1",
@@ -469,6 +542,16 @@ fn text(report: &Report) -> String {
             "  keys     cache:db: {}, op: {}, stream: {}, other: {}{estimate}\n",
             h.keys_cache_db, h.keys_op, h.keys_stream, h.keys_other
         ));
+        for u in &h.users {
+            out.push_str(&format!(
+                "  user     {} ({}, {} password{}): {}\n",
+                u.name,
+                if u.enabled { "on" } else { "off" },
+                u.passwords,
+                if u.passwords == 1 { "" } else { "s" },
+                u.rules
+            ));
+        }
         for st in &h.streams {
             out.push_str(&format!("  queue    {}: {} entries", st.key, st.length));
             if st.groups.is_empty() {
@@ -499,7 +582,10 @@ fn text(report: &Report) -> String {
             .max(10);
         for c in &report.clients {
             let verdict = match &c.reach {
-                Reach::Ok => "reaches evi-state: PONG with its VALKEY_URL".to_string(),
+                Reach::Ok => {
+                    "reaches evi-state: PONG with its VALKEY_URL, as the user it names (ACL WHOAMI)"
+                        .to_string()
+                }
                 Reach::Failed { layer, detail } => {
                     format!(
                         "CANNOT reach evi-state: {layer} failed: {detail}; {}",
