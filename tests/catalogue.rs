@@ -337,10 +337,17 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
         if c.name == "a socket that is not Podman" {
             python = Some(not_podman_socket(&site.dir.path().join("other.sock")));
         }
+        // Already an ordinary user (the rootless lane): the directory is made
+        // read-only instead, which is what `nobody` meets as root's lanes run it.
+        let unprivileged = !rustix::process::geteuid().is_root();
+        if c.as_nobody && unprivileged {
+            std::fs::set_permissions(site.state_dir(), std::fs::Permissions::from_mode(0o555))
+                .unwrap();
+        }
         let podman_before = snapshot_podman();
         let dir_before = snapshot_dir(site.dir.path());
 
-        let out = if c.as_nobody {
+        let out = if c.as_nobody && !unprivileged {
             let mut cmd = Command::new("setpriv");
             cmd.args([
                 "--reuid=nobody",
