@@ -15,7 +15,9 @@
 #   bench/rotation-size.sh [--sizes "0 250 750"] [--runs N]     (MB of used memory; N=3)
 #
 # Needs the test Podman service and images (`scripts/test-env.sh start`, exported) and
-# builds the release binary. Holds /tmp/evi-host.lock (the end-to-end tests' lock).
+# builds the release binary. Holds the lane's lock (EVI_TEST_LOCK, else /tmp/evi-host.lock),
+# as the end-to-end tests of that lane do. For the CNI lane or the nested Podman 5,
+# export what scripts/test-env.sh (evi_test_lane cni) or scripts/podman5-env.sh sets.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,7 +27,7 @@ while (($#)); do
     case "$1" in
         --sizes) sizes="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
-        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/rotation-size.sh: unknown argument: $1" >&2; exit 64 ;;
     esac
 done
@@ -38,11 +40,11 @@ podman=${EVI_TEST_PODMAN_CLI:-podman}
 cargo build --release --quiet
 bin=$PWD/target/release/evi-install
 
-exec 9>/tmp/evi-host.lock
+exec 9>"${EVI_TEST_LOCK:-/tmp/evi-host.lock}"
 flock 9
 work=$(mktemp -d /var/tmp/evi-bench-rotation.XXXXXX)
 reset() {
-    $podman rm -f -t 0 evi-be evi-worker evi-be-next evi-worker-next evi-rotate evi-state >/dev/null 2>&1 || true
+    $podman rm -f -t 0 evi-bench-probe evi-be evi-worker evi-be-next evi-worker-next evi-rotate evi-state >/dev/null 2>&1 || true
     $podman rm -f -t 0 evi-state-addr >/dev/null 2>&1 || true
     $podman network rm -f evi-net >/dev/null 2>&1 || true
     $podman volume rm -f evi-state-data >/dev/null 2>&1 || true
