@@ -374,9 +374,27 @@ fn a_killed_workers_tasks_are_reclaimed_and_every_task_is_acked_exactly_once() {
         ids.len(),
         "the stream lists each entry once"
     );
-    let missing: Vec<_> = in_stream.difference(&acked_ids).collect();
-    assert!(missing.is_empty(), "never acknowledged: {missing:?}");
-    assert_eq!(ids.len(), acks.len(), "stream length == acked total");
+    // The server is the record of what was acknowledged (pending 0 and lag 0
+    // above). A worker killed with SIGKILL can have its XACK answered before it
+    // prints the ack line, so entries of its last batch (COUNT 10) may have no
+    // line; never one it left pending (those were reclaimed and acked by another
+    // worker, which printed it).
+    let unlogged: Vec<&&String> = in_stream.difference(&acked_ids).collect();
+    assert!(
+        unlogged.len() <= 10,
+        "more entries without an ack line than the killed worker's one batch: {unlogged:?}"
+    );
+    for id in &unlogged {
+        assert!(
+            !orphaned.contains(**id),
+            "{id} was left pending by the killed worker, yet no worker logged its XACK"
+        );
+    }
+    assert_eq!(
+        ids.len(),
+        acks.len() + unlogged.len(),
+        "stream length == acked total"
+    );
     // The killed worker's entries went to another worker through XAUTOCLAIM.
     for id in &orphaned {
         let by = acks
