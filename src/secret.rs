@@ -57,9 +57,9 @@ impl fmt::Debug for Password {
 
 impl Drop for Password {
     fn drop(&mut self) {
-        // Overwrite the bytes so the password does not linger in freed memory.
-        let bytes = unsafe { self.0.as_bytes_mut() };
-        bytes.iter_mut().for_each(|b| *b = 0);
+        // Overwrite the bytes so the password does not linger in freed memory
+        // (zeroize's writes are not optimised away).
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
