@@ -358,7 +358,7 @@ impl Poll {
     pub fn new(timeout: Duration) -> Poll {
         Poll {
             deadline: Instant::now() + timeout,
-            pause: Duration::from_millis(20),
+            pause: crate::timeouts::POLL_FIRST,
         }
     }
 
@@ -372,7 +372,7 @@ impl Poll {
 
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 3 / 2).min(Duration::from_millis(250));
+        self.pause = (self.pause * 3 / 2).min(crate::timeouts::POLL_LONGEST);
     }
 }
 

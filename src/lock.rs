@@ -50,7 +50,7 @@ impl HostLock {
                     timeout.as_secs()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(crate::timeouts::LOCK_RETRY).await;
         }
         // Who holds the lock is only information for a waiting run: failing to
         // record it (a full disk, say) must not stop this one.

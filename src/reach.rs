@@ -215,9 +215,7 @@ pub async fn run_once<E: Engine>(
     result
 }
 
-/// How long a probe may take: connection set-up is bounded inside by
-/// valkey-cli's own 2 s timeout.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+pub use crate::timeouts::PROBE_TIMEOUT;
 
 pub async fn probe<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<Reach> {
     let (code, output) = run_once(engine, spec, PROBE_TIMEOUT).await?;

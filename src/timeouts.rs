@@ -21,6 +21,41 @@ pub const CLIENT_START: Duration = Duration::from_secs(30);
 /// How long a short-lived container (a client probe) may take to run to completion.
 pub const JOB_RUN: Duration = Duration::from_secs(60);
 
+/// One request's worth of work: inspect, create, start, rename, remove a
+/// secret or a network, read logs.
+pub const REQUEST: Duration = Duration::from_secs(30);
+/// A command run inside a container (the readiness PING, status's INFO).
+pub const EXEC: Duration = Duration::from_secs(30);
+/// Removing the data volume deletes its files.
+pub const REMOVE_VOLUME: Duration = Duration::from_secs(120);
+/// Pulling an image from a registry.
+pub const PULL: Duration = Duration::from_secs(600);
+/// Copying a data set into or out of a container: sized for a few GB on a slow disk.
+pub const COPY: Duration = Duration::from_secs(1800);
+/// Added to a container's stop timeout: the stop itself, then the removal.
+pub const REMOVE_MARGIN: Duration = Duration::from_secs(30);
+
+/// How long to wait for the service to answer a ping before calling it down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a probe may take: connection set-up is bounded inside by
+/// valkey-cli's own 2 s timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a throwaway server may take to load, convert and summarise the
+/// data: generous, a few GB of data set on a slow disk.
+pub const JOB_LIMIT: Duration = Duration::from_secs(1800);
+
+/// How long the snapshot (BGSAVE) may take.
+pub const SAVE_LIMIT: Duration = Duration::from_secs(1800);
+
+/// Polling: the first pause (a local Valkey usually answers within a few tens
+/// of ms), growing by half up to the longest.
+pub const POLL_FIRST: Duration = Duration::from_millis(20);
+pub const POLL_LONGEST: Duration = Duration::from_millis(250);
+/// How often a run that waits for the host lock tries again.
+pub const LOCK_RETRY: Duration = Duration::from_millis(100);
+
 /// The seconds `podman stop` waits before SIGKILL for the container `name`.
 pub fn stop_secs_for(name: &str) -> u64 {
     // Every replica and its successor: a worker finishes its batch.

@@ -16,9 +16,7 @@ use crate::model::*;
 /// The restore helper (one action per run) and the check server.
 pub const HELPER_CONTAINER: &str = "evi-restore";
 pub const CHECK_CONTAINER: &str = "evi-restore-check";
-/// How long a throwaway server may take to load, convert and summarise the
-/// data: generous, a few GB of data set on a slow disk.
-pub const JOB_LIMIT: Duration = Duration::from_secs(1800);
+pub use crate::timeouts::JOB_LIMIT;
 
 /// A short-lived container on no network, running `script` with `args`.
 pub fn throwaway(

@@ -24,8 +24,7 @@ use crate::ui::Ui;
 /// Default archive names: `evi-state-20261126T041500Z.tar.zst`.
 const PREFIX: &str = "evi-state-";
 const SUFFIX: &str = ".tar.zst";
-/// How long the snapshot (BGSAVE) may take.
-const SAVE_LIMIT: Duration = Duration::from_secs(1800);
+use crate::timeouts::SAVE_LIMIT;
 
 pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -> Result<u8> {
     if let Some(file) = &args.verify {

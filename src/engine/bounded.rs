@@ -15,19 +15,7 @@ use std::net::Ipv4Addr;
 
 use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
 
-/// One request's worth of work: inspect, create, start, rename, remove a
-/// secret or a network, read logs.
-pub const REQUEST: Duration = Duration::from_secs(30);
-/// A command run inside a container (the readiness PING, status's INFO).
-pub const EXEC: Duration = Duration::from_secs(30);
-/// Removing the data volume deletes its files.
-pub const REMOVE_VOLUME: Duration = Duration::from_secs(120);
-/// Pulling an image from a registry.
-pub const PULL: Duration = Duration::from_secs(600);
-/// Copying a data set into or out of a container: sized for a few GB on a slow disk.
-pub const COPY: Duration = Duration::from_secs(1800);
-/// Added to a container's stop timeout: the stop itself, then the removal.
-pub const REMOVE_MARGIN: Duration = Duration::from_secs(30);
+pub use crate::timeouts::{COPY, EXEC, PULL, REMOVE_MARGIN, REMOVE_VOLUME, REQUEST};
 
 pub struct Bounded<E> {
     inner: E,

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use containers_api::conn::{self, hyper, Headers, Payload, RequestClient, Transport};
@@ -26,8 +25,7 @@ use podman_api::{models, Podman};
 use super::{ChunkSource, Chunks, Engine, ExecOutput};
 use crate::model::*;
 
-/// How long to wait for the service to answer a ping before calling it down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::timeouts::CONNECT_TIMEOUT;
 
 /// The Podman API version requested: Debian 12's Podman is 4.3.1.
 const API_VERSION: &str = "4.0.0";
