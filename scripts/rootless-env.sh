@@ -146,7 +146,7 @@ evi_rootless_up() {
 # here, then run as the user). Arguments: the test filter and libtest options.
 evi_rootless_test() {
     local bin
-    bin="$(cargo test --features test-hooks --test integration --no-run 2>&1 |
+    bin="$(cargo test --features test-hooks,e2e --test integration --no-run 2>&1 |
         sed -n 's/.*Executable tests\/main.rs (\(.*\))/\1/p' | tail -n 1)"
     [[ -n "$bin" ]] || evi_rl_die "cannot find the integration test binary (cargo test --no-run)"
     [[ "$bin" == /* ]] || bin="$EVI_REPO/$bin"

@@ -81,8 +81,8 @@ cargo clippy --all-targets --features test-hooks -- -D warnings
 step "lane 1/4: Podman 4.3, netavark + aardvark-dns: test environment"
 evi_test_lane netavark
 evi_test_env_up
-step "lane 1/4: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks${*:+ $*}"
-cargo test --features test-hooks "$@"
+step "lane 1/4: Podman 4.3, netavark + aardvark-dns: cargo test --features test-hooks,e2e${*:+ $*}"
+cargo test --features test-hooks,e2e "$@"
 evi_test_env_clean
 evi_test_env_stop
 
@@ -92,7 +92,7 @@ lane_start=$SECONDS
 evi_test_lane cni
 evi_test_env_up
 step "lane 2/4: Podman 4.3, CNI without DNS: cargo test --test integration -- ${E2E_MODULES[*]}"
-cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}"
+cargo test --features test-hooks,e2e --test integration -- "${E2E_MODULES[@]}"
 evi_test_env_clean
 evi_test_env_stop
 evi_log "lane 2 (CNI) took $((SECONDS - lane_start))s"
@@ -128,14 +128,14 @@ if [[ "${EVI_TEST_PODMAN5:-1}" != 0 ]]; then
     # routes: the nested lane gets a subnet of its own, which no bridge of lane 1 holds.
     export EVI_TEST_SUBNET=10.90.233.0/24
     step "lane 3/4: Podman 5.4 (nested): cargo test --test integration -- ${E2E_MODULES[*]}"
-    cargo test --features test-hooks --test integration -- "${E2E_MODULES[@]}" \
+    cargo test --features test-hooks,e2e --test integration -- "${E2E_MODULES[@]}" \
         --skip catalogue::a_full_disk_while_writing_the_config_leaves_the_old_file_intact
     # `podman kube play` of the exported manifests: Podman 5 only (4.3 cannot read a Secret
     # through secretKeyRef, podman#16269), so these tests are #[ignore]d everywhere else and
     # selected here alone; each checks that the server really is Podman 5.
     step "lane 3/4: Podman 5.4 (nested): cargo test --test integration -- kube_play:: --ignored"
     kube_log="$EVI_TEST_DIR/kube-play-test.log"
-    cargo test --features test-hooks --test integration -- kube_play:: --ignored 2>&1 | tee "$kube_log"
+    cargo test --features test-hooks,e2e --test integration -- kube_play:: --ignored 2>&1 | tee "$kube_log"
     grep -Eq 'test result: ok\. [1-9][0-9]* passed' "$kube_log" ||
         evi_die "lane 3: no kube_play test ran (see $kube_log)"
     evi_podman5_stop
@@ -170,7 +170,7 @@ if [[ "${EVI_TEST_REBOOT:-1}" != 0 ]]; then
     EVI_REBOOT_BIN="$release_bin" evi_reboot_up
     step "reboot: cargo test --test integration -- --ignored reboot::"
     reboot_log="$EVI_TEST_DIR/reboot/test.log"
-    cargo test --features test-hooks --test integration -- --ignored reboot:: --show-output 2>&1 |
+    cargo test --features test-hooks,e2e --test integration -- --ignored reboot:: --show-output 2>&1 |
         tee "$reboot_log"
     # A filter that matched nothing would pass too: the test must have run.
     grep -q '^test reboot::the_stack_comes_back_after_a_reboot_with_its_data \.\.\. ok$' "$reboot_log" ||

@@ -129,6 +129,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn the_guides_data_survives_backup_purge_up_and_restore() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -303,6 +307,10 @@ fn volume_listing() -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -354,6 +362,10 @@ fn a_restore_whose_data_differs_from_its_manifest_rolls_back() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn damaged_archives_and_a_missing_evi_state_fail_clearly_and_change_nothing() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -485,6 +497,10 @@ fn damaged_archives_and_a_missing_evi_state_fail_clearly_and_change_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_sigkill_of_restore_after_any_step_leaves_the_old_or_the_restored_data() {
     require_test_hooks();
     let _lock = host_lock();

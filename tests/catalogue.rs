@@ -72,6 +72,10 @@ fn not_podman_socket(path: &Path) -> Child {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn every_bad_input_fails_clearly_and_changes_nothing() {
     let _lock = host_lock();
     let cases = vec![
@@ -421,6 +425,10 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
 
 /// A server start that fails is reported with the server's own last words.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -473,6 +481,10 @@ fn evi_state_that_exits_at_start_shows_its_last_log_lines() {
 
 /// The disk filling up while valkey.conf is written leaves the old file whole.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_full_disk_while_writing_the_config_leaves_the_old_file_intact() {
     let _lock = fresh_host();
     let site = Site::new("");

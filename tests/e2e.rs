@@ -15,6 +15,10 @@ fn assert_no_secret(password: &str, what: &str, text: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -260,6 +264,10 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn the_server_refuses_to_start_without_a_usable_password() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -338,6 +346,10 @@ fn the_server_refuses_to_start_without_a_usable_password() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_live_config_change_updates_evi_state_in_place_and_keeps_the_data() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -408,6 +420,10 @@ fn a_live_config_change_updates_evi_state_in_place_and_keeps_the_data() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -461,6 +477,10 @@ fn pieces_removed_by_hand_are_restored_and_nothing_else_is_touched() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_foreign_container_under_our_name_stops_up_and_changes_nothing() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -488,6 +508,10 @@ fn a_foreign_container_under_our_name_stops_up_and_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_saved_plan_applies_unchanged_and_is_refused_after_a_host_change() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -562,6 +586,10 @@ fn without_podman_up_fails_with_the_fix_and_the_dry_run_still_plans() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn down_keeps_the_data_and_purge_removes_everything_we_own() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -650,6 +678,10 @@ fn down_keeps_the_data_and_purge_removes_everything_we_own() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn status_reports_health_drift_and_the_seed_guide_warnings() {
     let _lock = fresh_host();
     let site = Site::new("valkey:\n  maxmemory: 2mb\n");
@@ -761,6 +793,10 @@ fn status_reports_health_drift_and_the_seed_guide_warnings() {
 /// namespace, naming the layer that fails; exit 1 when a client cannot reach
 /// evi-state.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn status_proves_each_client_reaches_evi_state_and_names_the_failing_layer() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -878,6 +914,10 @@ impl std::fmt::Debug for Layer {
 /// subnet Podman chose, and a client runs on it. `up` says that it re-creates
 /// the network and everything on it, and why, and clients reach evi-state after.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn an_evi_net_made_the_old_way_is_migrated_visibly() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -944,6 +984,10 @@ fn an_evi_net_made_the_old_way_is_migrated_visibly() {
 /// evi-state as that user, whoever owns `/data`; one that cannot drop root is
 /// refused, and nothing runs as root.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused() {
     let _lock = host_lock();
     let image = |var: &str| {

@@ -22,6 +22,10 @@ fn edit_saved_spec(path: &std::path::Path, name: &str, edit: impl Fn(&mut serde_
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn an_edited_saved_plan_is_refused_with_the_first_difference_and_changes_nothing() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -113,6 +117,10 @@ fn read_until(reader: &mut impl BufRead, marker: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
     require_test_hooks();
     let _lock = fresh_host();
@@ -154,6 +162,10 @@ fn a_second_ctrl_c_stops_the_run_at_once_and_a_rerun_converges() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
     let _lock = fresh_host();
     let extra = ["evi-rotate", "evi-probe-be", "evi-probe-mine"];
@@ -215,6 +227,10 @@ fn down_removes_our_leftovers_of_an_interrupted_run_and_leaves_others_alone() {
 /// still stops at once on a second SIGTERM: the notice of the first cannot
 /// be written, and that must not disarm the second.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_second_sigterm_stops_the_run_even_when_stderr_is_gone() {
     require_test_hooks();
     let _lock = fresh_host();

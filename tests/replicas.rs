@@ -85,6 +85,10 @@ fn our_clients() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn up_scales_one_three_two_one_with_the_minimum_of_changes_and_then_does_nothing() {
     let _lock = fresh_host();
     let site = idle_site(None, 1, 1);
@@ -279,6 +283,10 @@ fn consumer_of(name: &str) -> String {
 /// XAUTOCLAIM; a scale-down stops the highest-numbered gracefully, after its
 /// batch; in the end every task is acknowledged exactly once.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_killed_workers_tasks_are_reclaimed_and_every_task_is_acked_exactly_once() {
     let _lock = fresh_host();
     let clients = test_client_image();
@@ -473,6 +481,10 @@ fn a_killed_workers_tasks_are_reclaimed_and_every_task_is_acked_exactly_once() {
 /// other's; then a rotation while both write and three workers (redis-py)
 /// consume: no client ever sees an authentication failure, no task is lost.
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn back_ends_see_each_others_invalidations_and_a_rotation_with_five_clients_refuses_none() {
     let _lock = fresh_host();
     let clients = test_client_image();

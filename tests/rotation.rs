@@ -107,6 +107,10 @@ fn follow_logs(name: &str) -> Child {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
     let _lock = fresh_host();
     let site = looping_site();
@@ -220,6 +224,10 @@ fn rotation_moves_every_client_with_no_auth_failure_and_no_lost_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
     require_test_hooks();
     let _lock = host_lock();
@@ -311,6 +319,10 @@ fn a_sigkill_after_any_step_is_repaired_by_a_rerun() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_held_host_lock_makes_a_second_run_wait_then_fail_naming_the_holder() {
     let _lock = fresh_host();
     let site = Site::new("");
@@ -388,6 +400,10 @@ fn interrupt_after_first_action(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn ctrl_c_and_sigterm_stop_between_actions_and_a_rerun_converges() {
     require_test_hooks();
     let _lock = fresh_host();
@@ -490,6 +506,10 @@ fn passwords_in_force() -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
     require_test_hooks();
     let _lock = host_lock();
@@ -562,6 +582,10 @@ fn a_failure_before_the_revoke_rolls_back_with_no_refused_client() {
 /// restart a container stopped by request. A clean exit is answered with a
 /// restart, like a crash.)
 #[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
 fn evi_state_restarting_at_any_step_of_a_rotation_refuses_no_client() {
     require_test_hooks();
     let _lock = host_lock();

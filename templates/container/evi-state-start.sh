@@ -57,7 +57,6 @@ if [ -z "$default_hashes" ]; then
   default_hashes=" #$(hash_of /run/secrets/evi-state-password)"
 fi
 
-
 set --
 if [ "$(id -u)" = 0 ]; then
   # Never run Valkey as root: drop to the image's valkey user, or refuse.
