@@ -108,15 +108,6 @@ pub fn mac_for(address: Ipv4Addr) -> String {
     format!("0a:e1:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-/// The `/etc/hosts` entry that points a client at evi-state.
-pub fn state_host_entry(subnet: Ipv4Net) -> String {
-    format!(
-        "{}:{}",
-        crate::model::STATE_CONTAINER,
-        state_address(subnet)
-    )
-}
-
 /// What evi-net is created with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
@@ -198,7 +189,7 @@ mod tests {
     fn the_address_plan_keeps_ours_below_the_dynamic_range() {
         let s = net("10.90.213.0/24");
         assert_eq!(state_address(s), Ipv4Addr::new(10, 90, 213, 2));
-        assert_eq!(state_host_entry(s), "evi-state:10.90.213.2");
+        assert_eq!(crate::desired::state_host_entry(s), "evi-state:10.90.213.2");
         assert_eq!(
             client_addresses(s, 1),
             [

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::addressing::{
-    client_addresses, network_spec, replica_index, state_address, state_host_entry,
-};
+use crate::addressing::{client_addresses, network_spec, replica_index, state_address};
 use crate::model::*;
 use crate::render::{effective_hash, hex};
 use crate::settings::{Service, Settings};
@@ -34,6 +32,11 @@ pub const STATE_START_SCRIPT: &str = include_str!("../templates/container/evi-st
 /// SIGTERM at once.
 pub const ADDRESS_HOLDER_SCRIPT: &str =
     "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// The `/etc/hosts` entry that points a client at evi-state's fixed address.
+pub fn state_host_entry(subnet: ipnet::Ipv4Net) -> String {
+    format!("{STATE_CONTAINER}:{}", state_address(subnet))
+}
 
 /// Builds the desired state for these settings and this password generation.
 pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired {

@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod desired;
 mod engine;
+mod exit;
 mod fsutil;
 mod interrupt;
 mod kubernetes;
@@ -33,16 +34,6 @@ mod ui;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// Exit codes, as documented in the README and `--help`.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const ERROR: u8 = 1;
-    /// `--detailed-exitcode`: changes are pending.
-    pub const CHANGES: u8 = 2;
-    /// Bad command line (sysexits' EX_USAGE).
-    pub const USAGE: u8 = 64;
-}
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {

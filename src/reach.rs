@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use crate::addressing::{probe_address, state_host_entry};
+use crate::addressing::probe_address;
 use crate::desired::owned_labels;
+use crate::desired::state_host_entry;
 use crate::engine::Engine;
 use crate::model::*;
 use crate::secret::redact;
