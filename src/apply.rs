@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::engine::{create_admin_secret, create_secret_pair, Engine};
+use crate::engine::Engine;
 use crate::fsutil::write_atomic;
 use crate::model::*;
 use crate::plan_view::{symbol, verb_word};
+use crate::secret::{create_admin_secret, create_secret_pair};
 use crate::secret::{redact, Password};
 use crate::ui::Ui;
 

@@ -97,6 +97,48 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// The secrets of a password generation and evi-install's own password, as
+/// Podman secrets: what gets created, under which names and labels.
+/// Creates both secrets of a password generation.
+///
+/// The URL secret goes first: the password secret's presence is what marks a
+/// generation complete, so an interruption between the two leaves an
+/// incomplete pair that the next run skips and cleans up.
+pub async fn create_secret_pair<E: crate::engine::Engine>(
+    engine: &E,
+    version: crate::model::SecretVersion,
+    password: &Password,
+) -> anyhow::Result<()> {
+    use crate::desired::secret_labels;
+    use crate::model::{SecretRole, STATE_CONTAINER};
+    engine
+        .create_secret(
+            &version.url_name(),
+            &secret_labels(version, SecretRole::ValkeyUrl),
+            &password.valkey_url(STATE_CONTAINER),
+        )
+        .await?;
+    engine
+        .create_secret(
+            &version.password_name(),
+            &secret_labels(version, SecretRole::Password),
+            password.expose(),
+        )
+        .await
+}
+
+/// Creates evi-install's own password (Valkey user `evi-admin`) in `ADMIN_SECRET`.
+pub async fn create_admin_secret<E: crate::engine::Engine>(engine: &E) -> anyhow::Result<()> {
+    let password = Password::generate()?;
+    engine
+        .create_secret(
+            crate::model::ADMIN_SECRET,
+            &crate::desired::owned_labels(),
+            password.expose(),
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use anyhow::Result;
 use std::net::Ipv4Addr;
 
 use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
-use crate::secret::Password;
 
 /// What a command run inside a container printed, and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,46 +87,6 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
     }
-}
-
-/// Creates both secrets of a password generation.
-///
-/// The URL secret goes first: the password secret's presence is what marks a
-/// generation complete, so an interruption between the two leaves an
-/// incomplete pair that the next run skips and cleans up.
-pub async fn create_secret_pair<E: Engine>(
-    engine: &E,
-    version: crate::model::SecretVersion,
-    password: &Password,
-) -> Result<()> {
-    use crate::desired::secret_labels;
-    use crate::model::{SecretRole, STATE_CONTAINER};
-    engine
-        .create_secret(
-            &version.url_name(),
-            &secret_labels(version, SecretRole::ValkeyUrl),
-            &password.valkey_url(STATE_CONTAINER),
-        )
-        .await?;
-    engine
-        .create_secret(
-            &version.password_name(),
-            &secret_labels(version, SecretRole::Password),
-            password.expose(),
-        )
-        .await
-}
-
-/// Creates evi-install's own password (Valkey user `evi-admin`) in `ADMIN_SECRET`.
-pub async fn create_admin_secret<E: Engine>(engine: &E) -> Result<()> {
-    let password = Password::generate()?;
-    engine
-        .create_secret(
-            crate::model::ADMIN_SECRET,
-            &crate::desired::owned_labels(),
-            password.expose(),
-        )
-        .await
 }
 
 #[cfg(test)]

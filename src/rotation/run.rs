@@ -7,8 +7,9 @@ use anyhow::{anyhow, bail, Result};
 
 use super::plan::{RotStep, Rotation};
 use crate::apply::{replace_client, wait_ready};
-use crate::engine::{create_secret_pair, Engine};
+use crate::engine::Engine;
 use crate::model::*;
+use crate::secret::create_secret_pair;
 use crate::secret::{redact, Password};
 use crate::ui::Ui;
 
