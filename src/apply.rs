@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, RunState};
 use crate::fsutil::write_atomic;
 use crate::model::*;
 use crate::plan_view::{symbol, verb_word};
@@ -377,11 +377,6 @@ impl Poll {
     }
 }
 
-/// Podman's words for a container that is no longer running.
-pub fn has_stopped(state: &str) -> bool {
-    state == "exited" || state == "stopped"
-}
-
 /// Replaces a client without a moment in which it is absent: the successor
 /// starts under a temporary name first, then the old container goes and the
 /// successor takes its name.
@@ -420,8 +415,8 @@ pub async fn confirm_running<E: Engine>(engine: &E, name: &str) -> Result<()> {
     let mut poll = Poll::new(limit);
     loop {
         match engine.container_state(name).await? {
-            Some((state, _)) if state == "running" => return Ok(()),
-            Some((state, code)) if has_stopped(&state) => {
+            Some(RunState::Running) => return Ok(()),
+            Some(RunState::Exited { code }) => {
                 let logs = engine.logs(name, 10).await.unwrap_or_default();
                 bail!(
                     "{name} exited (code {code}) after re-creation: {}",
@@ -456,7 +451,7 @@ pub async fn wait_ready_reporting<E: Engine>(
     let script = crate::acl::admin_script(crate::acl::READY_SCRIPT);
     loop {
         match engine.container_state(STATE_CONTAINER).await? {
-            Some((state, code)) if has_stopped(&state) => {
+            Some(RunState::Exited { code }) => {
                 let logs = engine.logs(STATE_CONTAINER, 10).await.unwrap_or_default();
                 // Its restart policy would start it again and again, to no use:
                 // stopped by request, it stays down with its logs, for the operator.

@@ -205,7 +205,8 @@ pub async fn run_once<E: Engine>(
             .await
             .map_err(|_| anyhow!("{} did not finish within {}s", spec.name, timeout.as_secs()))??;
         let code = match engine.container_state(&spec.name).await? {
-            Some((_, code)) => code,
+            Some(crate::engine::RunState::Exited { code }) => code,
+            Some(other) => return Err(anyhow!("{} has not exited: {other:?}", spec.name)),
             None => return Err(anyhow!("{} disappeared while it ran", spec.name)),
         };
         let logs = engine.logs(&spec.name, 20).await.unwrap_or_default();

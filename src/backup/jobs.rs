@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 
 use super::manifest::Summary;
-use crate::apply::{has_stopped, Poll};
+use crate::apply::Poll;
 use crate::desired::owned_labels;
 use crate::engine::Engine;
+use crate::engine::RunState;
 use crate::model::*;
 
 /// The restore helper (one action per run) and the check server.
@@ -94,7 +95,7 @@ pub async fn run_to_end<E: Engine>(
             Err(e) => return Err(e),
         };
         match state {
-            Some((state, code)) if has_stopped(&state) => {
+            Some(RunState::Exited { code }) => {
                 let logs = engine.logs(name, 1_000_000).await?;
                 return Ok((code, logs));
             }

@@ -271,7 +271,7 @@ pub async fn send_data<E: Engine>(
 
 pub async fn require_state_running<E: Engine>(engine: &E) -> Result<()> {
     match engine.container_state(STATE_CONTAINER).await? {
-        Some((state, _)) if state == "running" => Ok(()),
+        Some(crate::engine::RunState::Running) => Ok(()),
         Some(_) => {
             bail!("evi-state is not running; start it with `evi-install up`, then run again")
         }

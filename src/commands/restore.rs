@@ -114,8 +114,10 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
 
     // 1. Leftovers of an interrupted restore.
     let t = Instant::now();
-    let running =
-        matches!(engine.container_state(STATE_CONTAINER).await?, Some((s, _)) if s == "running");
+    let running = matches!(
+        engine.container_state(STATE_CONTAINER).await?,
+        Some(crate::engine::RunState::Running)
+    );
     let leftover = jobs::run_helper(
         &engine,
         &helper(if running { "discard" } else { "rollback" }),

@@ -172,7 +172,7 @@ impl<E: Engine> Engine for Bounded<E> {
         .await
     }
 
-    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
+    async fn container_state(&self, name: &str) -> Result<Option<super::RunState>> {
         bound(
             REQUEST,
             || format!("inspect container {name}"),
@@ -315,7 +315,7 @@ mod tests {
         async fn remove_container(&self, _: &str, _: u64) -> Result<()> {
             hang().await
         }
-        async fn container_state(&self, _: &str) -> Result<Option<(String, i64)>> {
+        async fn container_state(&self, _: &str) -> Result<Option<crate::engine::RunState>> {
             hang().await
         }
         async fn exec(&self, _: &str, _: &[&str], _: &[(&str, &str)]) -> Result<ExecOutput> {

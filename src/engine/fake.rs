@@ -164,14 +164,14 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
+    async fn container_state(&self, name: &str) -> Result<Option<super::RunState>> {
         Ok(self
             .host
             .lock()
             .unwrap()
             .containers
             .get(name)
-            .map(|c| (c.state.clone(), 0)))
+            .map(|c| super::RunState::from_podman(&c.state, 0)))
     }
 
     async fn container_address(

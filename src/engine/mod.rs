@@ -15,6 +15,29 @@ use std::net::Ipv4Addr;
 
 use crate::model::{ContainerSpec, Labels, NetworkSpec, Observed};
 
+/// Where a container is in its life, from Podman's state word: callers never
+/// compare Podman's strings themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// `exited` or `stopped`, with the exit code of its last run.
+    Exited {
+        code: i64,
+    },
+    /// Created, paused, starting, ...: Podman's word for it.
+    Other(String),
+}
+
+impl RunState {
+    pub fn from_podman(word: &str, code: i64) -> RunState {
+        match word {
+            "running" => RunState::Running,
+            "exited" | "stopped" => RunState::Exited { code },
+            other => RunState::Other(other.to_string()),
+        }
+    }
+}
+
 /// What a command run inside a container printed, and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecOutput {
@@ -47,8 +70,8 @@ pub trait Engine {
     async fn stop_container(&self, name: &str, timeout: u64) -> Result<()>;
     /// Stops (SIGTERM, then SIGKILL after `timeout` seconds) and removes.
     async fn remove_container(&self, name: &str, timeout: u64) -> Result<()>;
-    /// Podman's state word for a container (`running`, `exited`, ...) and its exit code.
-    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>>;
+    /// Where a container is in its life; `None` if it does not exist.
+    async fn container_state(&self, name: &str) -> Result<Option<RunState>>;
     /// The address a running container holds on `network`.
     async fn container_address(&self, name: &str, network: &str) -> Result<Option<Ipv4Addr>>;
     /// Returns once the container has exited (the caller bounds the wait).

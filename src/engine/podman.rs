@@ -572,7 +572,7 @@ impl Engine for PodmanEngine {
         )
     }
 
-    async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
+    async fn container_state(&self, name: &str) -> Result<Option<super::RunState>> {
         // Decoded by libpod_json, not podman-api's typed inspect, which cannot
         // read Podman 5's shapes of fields the tool never uses.
         let endpoint = format!("/v{API_VERSION}/libpod/containers/{name}/json");
@@ -581,9 +581,9 @@ impl Engine for PodmanEngine {
                 let body = hyper::body::to_bytes(response.into_body())
                     .await
                     .map_err(|e| anyhow!("inspect container {name}: {e}"))?;
-                let state = super::libpod_json::container_state(&body)
+                let (word, code) = super::libpod_json::container_state(&body)
                     .with_context(|| format!("inspect container {name}"))?;
-                Ok(Some(state))
+                Ok(Some(super::RunState::from_podman(&word, code)))
             }
             Err(conn::Error::Fault { code, .. }) if code.as_u16() == 404 => Ok(None),
             Err(e) => Err(anyhow!("inspect container {name}: {}", flatten(&e))),
