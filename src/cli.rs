@@ -39,7 +39,7 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// Where evi-install keeps valkey.conf and its lock [default: /var/lib/evi]
+    /// Where evi-install keeps valkey.conf and its lock [default: /var/lib/evi; for an ordinary user, $XDG_STATE_HOME/evi or ~/.local/state/evi]
     #[arg(
         long,
         global = true,
