@@ -745,6 +745,19 @@ mod tests {
     }
 
     #[test]
+    fn a_host_set_up_before_evi_install_had_its_own_user_gets_its_password() {
+        let d = app();
+        let mut o = converged(&d);
+        o.secrets.retain(|s| s.name != ADMIN_SECRET);
+        let p = plan(&d, &o).unwrap();
+        assert_eq!(summary(&p), ["Create secret evi-admin-password"]);
+        assert_eq!(p.steps[1].change, Change::CreateAdminSecret);
+        // And it is never removed as a superseded generation.
+        let p = plan(&d, &converged(&d)).unwrap();
+        assert!(!summary(&p).iter().any(|s| s.contains(ADMIN_SECRET)));
+    }
+
+    #[test]
     fn table_of_drift() {
         let cases: Vec<(&str, Mutate, Vec<&str>)> = vec![
             (
