@@ -59,12 +59,7 @@ pub const PING_SCRIPT: &str = "REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-pass
 /// answers `-LOADING` (it is reading its data set at start), its progress
 /// from `INFO persistence` (`loading_loaded_perc`, `loading_eta_seconds`;
 /// INFO is one of the commands Valkey serves while loading). Exit 0 on PONG.
-pub const READY_SCRIPT: &str = r#"out=$(cli ping 2>&1) && [ "$out" = PONG ] && { echo PONG; exit 0; }
-echo "$out"
-case "$out" in
-  *LOADING*) cli INFO persistence 2>/dev/null | tr -d '\r' | grep -E '^loading_(loaded_perc|eta_seconds):' ;;
-esac
-exit 1"#;
+pub const READY_SCRIPT: &str = include_str!("../templates/container/ready.sh");
 
 /// `ADMIN_CLI`, then `body`.
 pub fn admin_script(body: &str) -> String {
@@ -126,6 +121,38 @@ mod tests {
         assert!(ADMIN_CLI.contains("REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\""));
         assert!(!ADMIN_CLI.contains("-a "));
         assert!(admin_script("cli PING").ends_with("\ncli PING"));
+    }
+
+    /// Every script under templates/container/ (embedded in the binary) is valid
+    /// POSIX shell: `sh -n` on each file, and on each with `ADMIN_CLI` before it.
+    #[test]
+    fn every_container_script_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/container");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for script in [text.clone(), admin_script(&text)] {
+                    let out = std::process::Command::new("sh")
+                        .args(["-n", "-c", &script])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}: {}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 7,
+            "only {checked} scripts found in {}",
+            dir.display()
+        );
     }
 
     #[test]

@@ -117,20 +117,11 @@ pub fn as_reported(value: &str) -> String {
 /// (`acl::ADMIN_CLI`), then prints each key's value as the server reports it
 /// (`CONFIG GET`), one `key value` a line. Its arguments are the keys and
 /// values, which hold no secret.
-pub const APPLY_SCRIPT: &str = r#"set -e
-out=$(cli CONFIG SET "$@" 2>&1) || { echo "evi-refused: $out"; exit 3; }
-while [ "$#" -gt 0 ]; do
-  printf 'evi-config %s %s\n' "$1" "$(cli CONFIG GET "$1" | sed -n 2p)"
-  shift 2
-done
-"#;
+pub const APPLY_SCRIPT: &str = include_str!("../templates/container/config-set.sh");
 
 /// Prints `evi-config KEY VALUE` for each key given as an argument, as the
 /// running server reports it (run after `acl::ADMIN_CLI`).
-pub const READ_SCRIPT: &str = r#"for key in "$@"; do
-  printf 'evi-config %s %s\n' "$key" "$(cli CONFIG GET "$key" | sed -n 2p)"
-done
-"#;
+pub const READ_SCRIPT: &str = include_str!("../templates/container/config-get.sh");
 
 /// The changes the server does not have yet: those whose value, as the
 /// server reports it (`READ_SCRIPT`'s output), is not the new one.
