@@ -172,18 +172,4 @@ mod tests {
         assert_eq!(as_reported("everysec"), "everysec");
         assert_eq!(as_reported("3600 1 300 100"), "3600 1 300 100");
     }
-
-    #[test]
-    fn the_apply_script_parses() {
-        let script = format!("{}\n{APPLY_SCRIPT}", crate::acl::ADMIN_CLI);
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
