@@ -341,12 +341,16 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
         if c.name == "a socket that is not Podman" {
             python = Some(not_podman_socket(&site.dir.path().join("other.sock")));
         }
-        // Already an ordinary user (the rootless lane): the directory is made
-        // read-only instead, which is what `nobody` meets as root's lanes run it.
+        // Already an ordinary user (the rootless lane): the owner's own rights are
+        // taken away instead, which is what `nobody` meets as root's lanes run it.
         let unprivileged = !rustix::process::geteuid().is_root();
         if c.as_nobody && unprivileged {
-            std::fs::set_permissions(site.state_dir(), std::fs::Permissions::from_mode(0o555))
-                .unwrap();
+            let (path, mode) = match c.name {
+                "state directory not writable" => (site.state_dir(), 0o555),
+                "settings file unreadable" => (site.settings(), 0o000),
+                other => panic!("no unprivileged form of the case {other}"),
+            };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
         let podman_before = snapshot_podman();
         let dir_before = snapshot_dir(site.dir.path());
