@@ -42,7 +42,8 @@ bin=$PWD/target/release/evi-install
 
 exec 9>"${EVI_TEST_LOCK:-/tmp/evi-host.lock}"
 flock 9
-work=$(mktemp -d /var/tmp/evi-bench-rotation.XXXXXX)
+# Under /tmp: the nested Podman 5 sees /tmp at the same path (scripts/podman5-env.sh).
+work=$(mktemp -d /tmp/evi-bench-rotation.XXXXXX)
 reset() {
     $podman rm -f -t 0 evi-bench-probe evi-be evi-worker evi-be-next evi-worker-next evi-rotate evi-state >/dev/null 2>&1 || true
     $podman rm -f -t 0 evi-state-addr >/dev/null 2>&1 || true
