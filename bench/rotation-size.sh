@@ -106,6 +106,28 @@ client_figures() {
     done
     printf '%d %d %d\n' "$pgap" "$wgap" "$auths"
 }
+# Prints the tasks lost: per producer process, the `seq` of its confirmed XADDs runs
+# 1..N (a failed XADD is retried with the same seq), so a hole, a duplicate or a last
+# confirmed one (its stats line's "produced") missing from the stream is a lost task.
+lost_tasks() {
+    $podman exec evi-state sh -c "$admin; valkey-cli --no-auth-warning --user evi-admin XRANGE stream:tasks:email - +" |
+        awk 'prev == "producer" { p = $0 } prev == "seq" { n[p]++; if ($0 + 0 > max[p]) max[p] = $0 + 0 } { prev = $0 }
+             END { for (k in n) printf "%s %d %d\n", k, n[k], max[k] }' > "$work/seqs"
+    local f id produced
+    : > "$work/produced"
+    for f in "$work"/logs.*; do
+        grep -q '"client":"producer"' "$f" || continue
+        id=$(grep '"event":"start"' "$f" | head -n 1 | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+        produced=$(grep -o '"produced":[0-9]*' "$f" | tail -n 1 | cut -d: -f2)
+        [ -n "$id" ] && echo "$id ${produced:-0}" >> "$work/produced"
+    done
+    awk 'NR == FNR { n[$1] = $2; max[$1] = $3; next } { if ($2 > p[$1]) p[$1] = $2 }
+         END { lost = 0
+               for (k in max) if (n[k] != max[k]) lost += max[k] - n[k] < 0 ? n[k] - max[k] : max[k] - n[k]
+               for (k in p) if (p[k] > max[k]) lost += p[k] - max[k]
+               print lost }' "$work/seqs" "$work/produced"
+}
+
 follow_clients() {
     rm -f "$work"/logs.*
     for c in evi-be evi-worker; do
@@ -132,8 +154,8 @@ fill() {
     }' | valkey-cli --no-auth-warning --user evi-admin --pipe >/dev/null"
 }
 
-echo "| data (used memory) | run | rotate-secret | evi-state unavailable: longest probe gap (failed probes) | producer's longest gap (ioredis) | worker's longest gap (redis-py, blocking reads) | auth errors | same evi-state |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| data (used memory) | run | rotate-secret | evi-state unavailable: longest probe gap (failed probes) | producer's longest gap (ioredis) | worker's longest gap (redis-py, blocking reads) | auth errors | same evi-state | tasks lost |"
+echo "|---|---|---|---|---|---|---|---|---|"
 restarts=()
 for mb in $sizes; do
     # One data set per size; every rotation runs on it (a rotation changes no data).
@@ -153,8 +175,9 @@ for mb in $sizes; do
         kill $(jobs -p) 2>/dev/null || true
         read -r pgap_c wgap_c cauth < <(client_figures)
         same=no; [ "$(identity)" = "$before" ] && same=yes
-        printf '| %s | %d | %d ms | %d ms (%d) | %d ms | %d ms | %d | %s |\n' \
-            "$used" "$run" "$t_rot" "$pgap" "$pfail" "$pgap_c" "$wgap_c" "$cauth" "$same"
+        lost=$(lost_tasks)
+        printf '| %s | %d | %d ms | %d ms (%d) | %d ms | %d ms | %d | %s | %s |\n' \
+            "$used" "$run" "$t_rot" "$pgap" "$pfail" "$pgap_c" "$wgap_c" "$cauth" "$same" "$lost"
     done
     # For comparison: one plain restart of evi-state at this size, with the same probe.
     probe_start
