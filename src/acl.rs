@@ -28,7 +28,9 @@
 /// `FLUSHDB`, `CONFIG`, `ACL` but `WHOAMI`, `SHUTDOWN`, `DEBUG`, `MODULE`,
 /// `SAVE`, `BGSAVE`, `BGREWRITEAOF`, `REPLICAOF`, `MONITOR`, `CLIENT
 /// KILL`/`PAUSE`/`LIST`, `KEYS`, `MIGRATE`, `SWAPDB`, ...), scripting and
-/// functions, and every key or channel outside the namespaces above.
+/// functions, and every key or channel outside the namespaces above. (`DEBUG`
+/// and `MODULE` Valkey already refuses to every user, before the ACL check,
+/// while `enable-debug-command`/`enable-module-command` are `no`, the default.)
 pub const DEFAULT_USER_RULES: &str = "resetkeys ~cache:* ~op:* ~stream:* \
      resetchannels &cache:* nocommands \
      +@string +@hash +@stream +@pubsub +@transaction +@connection \
