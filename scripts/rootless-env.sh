@@ -58,11 +58,23 @@ evi_rl_prepare_user() {
     run="$(evi_rl_runtime_dir)"
     uid="$(evi_rl_uid)"
     gid="$(id -g "$EVI_RL_USER")"
-    mkdir -p "$run"
-    if ! mountpoint -q "$run"; then
-        mount -t tmpfs -o "mode=0700,uid=$uid,gid=$gid,size=256m" tmpfs "$run" ||
-            evi_rl_die "cannot mount the user's runtime directory $run"
+    # Each run starts as after a fresh login on a rebooted host: none of the user's processes
+    # left and an empty runtime directory. A run killed half-way (a CI job cancelled, a
+    # machine suspended) leaves the runtime directory naming a pause process that no longer
+    # exists, and Podman then refuses every command ("invalid internal status, try resetting
+    # the pause process").
+    pkill -KILL -u "$EVI_RL_USER" 2>/dev/null || true
+    local waited=0
+    while pgrep -u "$EVI_RL_USER" >/dev/null 2>&1; do
+        ((waited++ < 50)) || evi_rl_die "processes of $EVI_RL_USER survive SIGKILL: $(pgrep -u "$EVI_RL_USER" | tr '\n' ' ')"
+        sleep 0.1
+    done
+    if mountpoint -q "$run"; then
+        umount "$run" || umount --lazy "$run" || evi_rl_die "cannot unmount the user's old runtime directory $run"
     fi
+    mkdir -p "$run"
+    mount -t tmpfs -o "mode=0700,uid=$uid,gid=$gid,size=256m" tmpfs "$run" ||
+        evi_rl_die "cannot mount the user's runtime directory $run"
     local conf_dir
     conf_dir="$(evi_rl_home)/.config/containers"
     evi_rl_as_user mkdir -p "$conf_dir"
@@ -85,14 +97,11 @@ evi_rl_start_service() {
     local socket pid_file start
     socket="$(evi_rl_socket)"
     pid_file="$EVI_RL_DIR/service.pid"
-    if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-        evi_rl_log "the user's Podman service runs already (pid $(cat "$pid_file"))"
-    else
-        evi_rl_as_user mkdir -p "$(dirname "$socket")"
-        evi_rl_as_user podman system service --time=0 "unix://$socket" \
-            >"$EVI_RL_DIR/service.log" 2>&1 &
-        echo $! >"$pid_file"
-    fi
+    # evi_rl_prepare_user stopped every process of the user: the service is always new.
+    evi_rl_as_user mkdir -p "$(dirname "$socket")"
+    evi_rl_as_user podman system service --time=0 "unix://$socket" \
+        >"$EVI_RL_DIR/service.log" 2>&1 &
+    echo $! >"$pid_file"
     start=$SECONDS
     until curl -fsS --unix-socket "$socket" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1; do
         if ((SECONDS - start > 30)); then
