@@ -94,14 +94,12 @@ EOF
 evi_rl_socket() { printf '%s/podman/podman.sock' "$(evi_rl_runtime_dir)"; }
 
 evi_rl_start_service() {
-    local socket pid_file start
+    local socket start
     socket="$(evi_rl_socket)"
-    pid_file="$EVI_RL_DIR/service.pid"
     # evi_rl_prepare_user stopped every process of the user: the service is always new.
     evi_rl_as_user mkdir -p "$(dirname "$socket")"
     evi_rl_as_user podman system service --time=0 "unix://$socket" \
         >"$EVI_RL_DIR/service.log" 2>&1 &
-    echo $! >"$pid_file"
     start=$SECONDS
     until curl -fsS --unix-socket "$socket" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1; do
         if ((SECONDS - start > 30)); then
@@ -173,10 +171,14 @@ evi_rootless_test() {
         "$bin" "$@")
 }
 
+# Stops every process of the lane's user: the service, conmon and whatever containers a
+# failed test left running (the user is the lane's own).
 evi_rootless_stop() {
-    local pid_file="$EVI_RL_DIR/service.pid"
-    if [[ -f "$pid_file" ]]; then
-        kill "$(cat "$pid_file")" 2>/dev/null || true
-        rm -f "$pid_file"
-    fi
+    id "$EVI_RL_USER" >/dev/null 2>&1 || return 0
+    pkill -TERM -u "$EVI_RL_USER" 2>/dev/null || return 0
+    local waited=0
+    while pgrep -u "$EVI_RL_USER" >/dev/null 2>&1 && ((waited++ < 50)); do
+        sleep 0.1
+    done
+    pkill -KILL -u "$EVI_RL_USER" 2>/dev/null || true
 }
