@@ -237,7 +237,8 @@ evi_p5_load_images() {
     # The real clients' image (scripts/test-env.sh builds it) for the clients tests.
     [[ -z "${EVI_TEST_CLIENT_IMAGE:-}" ]] || images+=("$EVI_TEST_CLIENT_IMAGE")
     # The image-contract variants of the Valkey image (scripts/test-env.sh).
-    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}"; do
+    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}" \
+        "${EVI_TEST_IMAGE_NOCLI:-}"; do
         [[ -z "$image" ]] || images+=("$image")
     done
     # EVI_TEST_IMAGES: more images the tests need, separated by spaces or commas.

@@ -118,7 +118,8 @@ evi_rl_start_service() {
 evi_rl_load_images() {
     local images=("${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}") image root_id user_id
     [[ -z "${EVI_TEST_CLIENT_IMAGE:-}" ]] || images+=("$EVI_TEST_CLIENT_IMAGE")
-    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}"; do
+    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}" \
+        "${EVI_TEST_IMAGE_NOCLI:-}"; do
         [[ -z "$image" ]] || images+=("$image")
     done
     for image in "${images[@]}"; do
@@ -164,6 +165,7 @@ evi_rootless_test() {
         EVI_TEST_IMAGE_NODATA="${EVI_TEST_IMAGE_NODATA:-}" \
         EVI_TEST_IMAGE_OFFICIAL="${EVI_TEST_IMAGE_OFFICIAL:-}" \
         EVI_TEST_IMAGE_NOSETPRIV="${EVI_TEST_IMAGE_NOSETPRIV:-}" \
+        EVI_TEST_IMAGE_NOCLI="${EVI_TEST_IMAGE_NOCLI:-}" \
         EVI_TEST_NETWORK_BACKEND=netavark \
         EVI_TEST_SUBNET="$EVI_RL_SUBNET" \
         EVI_TEST_LOCK="$(evi_rl_runtime_dir)/evi-host.lock" \

@@ -669,15 +669,18 @@ _evi_build_client_image_locked() {
 #   official  laid out like the official valkey/valkey:8: valkey-server and valkey-cli in
 #             /usr/local/bin, user valkey with uid/gid 999, VOLUME /data, WORKDIR /data and
 #             the official entrypoint script;
-#   nosetpriv no setpriv: nothing can drop privileges, so evi-state must refuse to start.
+#   nosetpriv no setpriv: nothing can drop privileges, so evi-state must refuse to start;
+#   nocli     no valkey-cli, used as a client image: the proof of reach cannot run inside
+#             such a client, so evi-install runs a probe container instead.
 # Each is tagged by a hash of its recipe and rebuilt when that changes.
-EVI_TEST_CONTRACT_IMAGES=(nodata official nosetpriv)
+EVI_TEST_CONTRACT_IMAGES=(nodata official nosetpriv nocli)
 
 _evi_contract_recipe() {
     printf 'FROM %s\n' "$EVI_TEST_VALKEY_IMAGE"
     case "$1" in
         nodata) printf 'RUN chown root:root /data && chmod 0755 /data\n' ;;
         nosetpriv) printf 'RUN rm -f /usr/bin/setpriv\n' ;;
+        nocli) printf 'RUN rm -f /usr/bin/valkey-cli /usr/bin/redis-cli\n' ;;
         official)
             cat <<'EOF'
 RUN sed -i 's/^valkey:x:[0-9]*:[0-9]*:/valkey:x:999:999:/' /etc/passwd \
@@ -738,9 +741,10 @@ evi_build_contract_images() {
             nodata) export EVI_TEST_IMAGE_NODATA="$image" ;;
             official) export EVI_TEST_IMAGE_OFFICIAL="$image" ;;
             nosetpriv) export EVI_TEST_IMAGE_NOSETPRIV="$image" ;;
+            nocli) export EVI_TEST_IMAGE_NOCLI="$image" ;;
         esac
     done
-    evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV"
+    evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV $EVI_TEST_IMAGE_NOCLI"
 }
 
 # Netavark keeps its address leases in /run (a tmpfs, so a reboot clears them). A lease

@@ -49,6 +49,9 @@ pub struct Options {
     /// is kept): `up` then probes it from a client's side while the clients
     /// are still being started.
     pub state_ready: std::cell::Cell<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Fired with the name of the first client in place (created, replaced,
+    /// started or kept): `up` proves reach from inside it.
+    pub client_ready: std::cell::Cell<Option<tokio::sync::oneshot::Sender<Option<String>>>>,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
         Options {
             ready_timeout,
             state_ready: std::cell::Cell::new(None),
+            client_ready: std::cell::Cell::new(None),
         }
     }
 }
@@ -68,9 +72,16 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     let describe = |s: &Step| format!("{} {} {}", verb_word(s.verb), s.kind.as_str(), s.name);
     let mut finished: Vec<String> = Vec::new();
     let evi_state_done = |step: &Step| {
-        if step.kind == Kind::Container && step.name == STATE_CONTAINER {
+        if step.kind != Kind::Container || step.verb == Verb::Remove {
+            return;
+        }
+        if step.name == STATE_CONTAINER {
             if let Some(ready) = opts.state_ready.take() {
                 let _ = ready.send(());
+            }
+        } else if replica_of(&step.name).is_some() {
+            if let Some(ready) = opts.client_ready.take() {
+                let _ = ready.send(Some(step.name.clone()));
             }
         }
     };
@@ -127,9 +138,11 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
 }
 
 /// Applies `plan` and proves the result from a client's side: created is not
-/// working, so this ends on a new client's PONG (`reach::require_reach`). The
-/// probe starts as soon as evi-state answers, while the clients are still
-/// being started. Returns the report and how long the probe took.
+/// working, so this ends on a client's PONG (`reach::require_reach`): from
+/// inside the first client in place, while the others are still being
+/// started, or, where its image cannot run the probe (or the plan has no
+/// client), from a new probe client once the apply is done. Returns the
+/// report, who proved it and how long the proof took.
 pub async fn apply_and_prove<E: Engine>(
     engine: &E,
     plan: &Plan,
@@ -137,28 +150,41 @@ pub async fn apply_and_prove<E: Engine>(
     ready_timeout: Duration,
     settings: &crate::settings::Settings,
     version: SecretVersion,
-) -> Result<(Report, Duration)> {
-    let (state_ready, ready) = tokio::sync::oneshot::channel();
+) -> Result<(Report, crate::reach::ProvenBy, Duration)> {
+    let (state_ready, state) = tokio::sync::oneshot::channel();
+    let (client_ready, client) = tokio::sync::oneshot::channel();
     let opts = Options {
         ready_timeout,
         state_ready: std::cell::Cell::new(Some(state_ready)),
+        client_ready: std::cell::Cell::new(Some(client_ready)),
     };
     let probe = async {
-        ready.await.ok()?;
+        state.await.ok()?;
+        // A plan with no client step says `None` once applied; a failed apply
+        // says nothing, and nothing is probed.
+        let client = client.await.ok()?;
         let probed = Instant::now();
-        let result = crate::reach::require_reach(engine, settings, version).await;
-        Some(result.map(|()| probed.elapsed()))
+        let result =
+            crate::reach::require_reach(engine, settings, version, client.as_deref()).await;
+        Some(result.map(|by| (by, probed.elapsed())))
     };
     let applied = async {
         let report = apply(engine, plan, ui, &opts).await;
-        // A failed apply never reaches evi-state's step: let the probe go.
+        if let (Ok(_), Some(no_client)) = (&report, opts.client_ready.take()) {
+            let _ = no_client.send(None);
+        }
+        // A failed apply may never reach evi-state's step: let the probe go.
         drop(opts.state_ready.take());
+        drop(opts.client_ready.take());
         report
     };
     let (report, probe) = tokio::join!(applied, probe);
     let report = report?;
     match probe {
-        Some(result) => Ok((report, result?)),
+        Some(result) => {
+            let (by, took) = result?;
+            Ok((report, by, took))
+        }
         None => bail!(
             "evi-state was not ready, so no client could be checked; run `evi-install up` again"
         ),
@@ -618,8 +644,10 @@ mod tests {
         let p = plan(&desired, &Observed::default()).unwrap();
         let ready = Duration::from_secs(1);
 
+        // A client image that can run the probe: the proof comes from inside
+        // the first client as soon as it runs, and no probe container is made.
         let engine = FakeEngine::default();
-        let (report, _) = apply_and_prove(
+        let (report, by, _) = apply_and_prove(
             &engine,
             &p,
             &Ui::silent(),
@@ -630,6 +658,29 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(report.created, 7);
+        assert_eq!(by, crate::reach::ProvenBy::Client("evi-be".into()));
+        let calls = engine.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        let probe_in_be = format!("exec evi-be sh -c {}", crate::reach::PROBE_SCRIPT);
+        assert!(at(&probe_in_be) > at("start container evi-be"));
+        assert!(!calls.iter().any(|c| c.contains("evi-probe")), "{calls:?}");
+
+        // An image with no shell: a probe container, once evi-state answers.
+        let engine = FakeEngine {
+            no_shell: vec!["evi-be".into()],
+            ..FakeEngine::default()
+        };
+        let (_, by, _) = apply_and_prove(
+            &engine,
+            &p,
+            &Ui::silent(),
+            ready,
+            &settings,
+            SecretVersion(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(by, crate::reach::ProvenBy::NewClient);
         let calls = engine.calls();
         let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
         assert!(

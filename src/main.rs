@@ -23,6 +23,7 @@ mod plan;
 mod plan_view;
 mod reach;
 mod render;
+mod restart_cost;
 mod rotation;
 mod saved_plan;
 mod secret;

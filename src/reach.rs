@@ -2,12 +2,16 @@
 //!
 //! Checking what was created is not enough: on a host whose network has no
 //! DNS every resource can be in place while no client can find evi-state. So
-//! `up`, `rotate-secret` and `status` run a probe: a short-lived container set
-//! up as a client is (on evi-net with the hosts entry, or inside a client's own
-//! network namespace, which shares that client's `/etc/hosts`), given the same
-//! `VALKEY_URL` secret, which resolves the URL's host, connects and asks for
-//! PING with the URL's password. App images may have no shell, so the probe
-//! runs evi-state's image rather than exec'ing into a client.
+//! `up`, `rotate-secret` and `status` run a probe that resolves the URL's host,
+//! connects and asks for PING with the URL's password, then `ACL WHOAMI`.
+//!
+//! Where the client's image can run it (a shell and valkey-cli), the probe runs
+//! inside the client itself (`podman exec`), with the `VALKEY_URL` the client
+//! was given: the most direct proof, and far cheaper than a container. App
+//! images often have neither, so otherwise the probe is a short-lived container
+//! of evi-state's image set up as a client is (on evi-net with the hosts entry,
+//! or inside the client's network namespace, which shares its `/etc/hosts`),
+//! given the same `VALKEY_URL` secret.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -193,6 +197,56 @@ pub async fn probe<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<Reach>
     Ok(Reach::from_exit(code, &output))
 }
 
+/// What the probe exits with when the image it runs in cannot run it: 126 and
+/// 127 from the runtime (no `sh`), 15 from the script (no valkey-cli).
+const CANNOT_PROBE_HERE: [i64; 3] = [15, 126, 127];
+
+/// The probe run inside the running `client` (an exec), with the client's own
+/// environment: libpod adds a container's environment secrets to every exec
+/// session's environment (`prepareProcessExec` in
+/// libpod/oci_conmon_exec_common.go: "Add secret envs if they exist"), so the
+/// script sees the very `VALKEY_URL` the client's process was given. `None`
+/// when the client's image cannot run the probe or the exec cannot start (a
+/// client that is not running): the caller then runs a probe container,
+/// which also names the failing layer for a client that is down.
+pub async fn probe_by_exec<E: Engine>(engine: &E, client: &str) -> Option<Reach> {
+    let command = ["sh", "-c", PROBE_SCRIPT];
+    match tokio::time::timeout(PROBE_TIMEOUT, engine.exec(client, &command, &[])).await {
+        Err(_) => Some(Reach::Failed {
+            layer: Layer::Other,
+            detail: format!(
+                "no answer within {}s from inside {client}",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        }),
+        Ok(Err(_)) => None,
+        Ok(Ok(out)) if CANNOT_PROBE_HERE.contains(&out.exit_code) => None,
+        Ok(Ok(out)) => Some(Reach::from_exit(
+            out.exit_code,
+            &format!("{}{}", out.stdout, out.stderr),
+        )),
+    }
+}
+
+/// Where a proof of reach came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProvenBy {
+    /// From inside this running client, with its own `VALKEY_URL`.
+    Client(String),
+    /// A new probe container on the network, as a fresh client.
+    NewClient,
+}
+
+impl ProvenBy {
+    /// Who got PONG, for `up` and `rotate-secret`'s last line.
+    pub fn who(&self, network: &str) -> String {
+        match self {
+            ProvenBy::Client(name) => format!("{name} (from inside it)"),
+            ProvenBy::NewClient => format!("a new client on {network}"),
+        }
+    }
+}
+
 /// The probe `up` and `rotate-secret` end on: a new client on evi-net, with
 /// the hosts entry and the `VALKEY_URL` of password generation `version`.
 pub fn fresh_client_probe(settings: &Settings, version: SecretVersion) -> ContainerSpec {
@@ -209,17 +263,33 @@ pub fn fresh_client_probe(settings: &Settings, version: SecretVersion) -> Contai
     )
 }
 
-/// Fails unless a new client with generation `version`'s URL gets PONG.
+/// Fails unless a client with generation `version`'s URL gets PONG: `client`
+/// (a running client just given that URL) from inside, where its image can
+/// run the probe, else a new client on evi-net.
 pub async fn require_reach<E: Engine>(
     engine: &E,
     settings: &Settings,
     version: SecretVersion,
-) -> Result<()> {
-    match probe(engine, &fresh_client_probe(settings, version)).await? {
-        Reach::Ok => Ok(()),
+    client: Option<&str>,
+) -> Result<ProvenBy> {
+    let inside = match client {
+        Some(name) => probe_by_exec(engine, name)
+            .await
+            .map(|reach| (reach, ProvenBy::Client(name.to_string()))),
+        None => None,
+    };
+    let (reach, by) = match inside {
+        Some(proof) => proof,
+        None => (
+            probe(engine, &fresh_client_probe(settings, version)).await?,
+            ProvenBy::NewClient,
+        ),
+    };
+    match reach {
+        Reach::Ok => Ok(by),
         Reach::Failed { layer, detail } => Err(anyhow!(
-            "a client on {} cannot use evi-state: {layer} failed ({detail}); {}",
-            settings.network,
+            "{} cannot use evi-state: {layer} failed ({detail}); {}",
+            by.who(&settings.network),
             layer.fix()
         )),
     }

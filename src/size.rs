@@ -92,9 +92,32 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Bytes for people: `812.3 KiB`, `1.0 GiB`.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1 << 30), "1.0 GiB");
+        assert_eq!(human(836_560), "817.0 KiB");
+    }
 
     #[test]
     fn parses_like_valkey() {

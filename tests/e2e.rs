@@ -85,10 +85,11 @@ fn fresh_up_provisions_a_working_private_stack_without_leaking_the_password() {
         );
     }
 
-    // `up` ended on a client's PONG, and said so.
+    // `up` ended on a client's PONG, from inside evi-be (its image has
+    // valkey-cli), and said so; no probe container was needed.
     assert!(
         up.stdout
-            .contains("a new client on evi-net got PONG from evi-state with its VALKEY_URL"),
+            .contains("evi-be (from inside it) got PONG from evi-state with its VALKEY_URL"),
         "{}",
         up.stdout
     );
@@ -417,6 +418,26 @@ fn a_live_config_change_updates_evi_state_in_place_and_keeps_the_data() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(state_cli("config get maxmemory"), "maxmemory\n536870912");
+
+    // A change Valkey cannot take at run time (another image) restarts
+    // evi-state: the plan says so, and what the restart costs at this size.
+    let other = std::env::var("EVI_TEST_IMAGE_NODATA")
+        .expect("EVI_TEST_IMAGE_NODATA is not set: run the tests with `scripts/test.sh`");
+    let settings = std::fs::read_to_string(site.settings()).unwrap();
+    let state_image = format!("evi-state: {{ image: {} }}", site.podman.valkey_image);
+    assert!(settings.contains(&state_image), "{settings}");
+    let settings = settings.replace(&state_image, &format!("evi-state: {{ image: {other} }}"));
+    std::fs::write(site.settings(), settings).unwrap();
+    let dry = site.up(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(dry.stdout.contains("(restart: "), "{}", dry.stdout);
+    assert!(
+        dry.stdout
+            .contains("evi-state restarts: it serves nothing until it has reloaded its data set (")
+            && dry.stdout.contains(" used): roughly "),
+        "{}",
+        dry.stdout
+    );
 }
 
 #[test]
@@ -982,7 +1003,8 @@ fn an_evi_net_made_the_old_way_is_migrated_visibly() {
 /// The image contract (README "The image evi-state runs"): any image with
 /// `sh`, `valkey-server`, `valkey-cli`, a `valkey` user and `setpriv` runs
 /// evi-state as that user, whoever owns `/data`; one that cannot drop root is
-/// refused, and nothing runs as root.
+/// refused, and nothing runs as root. A client image needs none of it: one
+/// without valkey-cli is proven to reach evi-state by a probe container.
 #[test]
 #[cfg_attr(
     not(feature = "e2e"),
@@ -995,9 +1017,8 @@ fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused(
             .unwrap_or_else(|_| panic!("{var} is not set: run the tests with `scripts/test.sh`"))
     };
     let site = Site::new("");
-    let settings_for = |state_image: &str| {
+    let settings_with = |state_image: &str, clients: &str| {
         let idle = r#"[sh, -c, "trap 'exit 0' TERM; sleep infinity & wait"]"#;
-        let clients = &site.podman.valkey_image;
         let yaml = format!(
             "state_dir: {}\n{}services:\n  evi-state: {{ image: {state_image} }}\n  \
              evi-be: {{ image: {clients}, command: {idle} }}\n",
@@ -1006,6 +1027,7 @@ fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused(
         );
         std::fs::write(site.settings(), yaml).unwrap();
     };
+    let settings_for = |state_image: &str| settings_with(state_image, &site.podman.valkey_image);
     for (what, state_image) in [
         ("the test image", site.podman.valkey_image.clone()),
         (
@@ -1060,11 +1082,41 @@ fn any_conforming_image_runs_as_valkey_and_one_that_cannot_drop_root_is_refused(
     let logs = podman(&["logs", "evi-state"]).all();
     assert!(logs.contains("refusing to run Valkey as root"), "{logs}");
     assert!(!logs.contains("Ready to accept connections"), "{logs}");
+
+    // A client image without valkey-cli, as most app images are: the proof of
+    // reach cannot run inside the client, so `up` and `status` prove it with a
+    // probe container of evi-state's image, set up as the client is.
+    reset_host();
+    settings_with(&site.podman.valkey_image, &image("EVI_TEST_IMAGE_NOCLI"));
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    assert!(
+        up.stdout
+            .contains("a new client on evi-net got PONG from evi-state with its VALKEY_URL"),
+        "{}",
+        up.stdout
+    );
+    assert_status_says_evi_be_reaches_evi_state(&site);
+    // And a failure is still named by its layer, through the probe container.
+    state_cli("acl setuser default resetpass >SomeOtherPassword0123456789");
+    let status = site.evi().args(["status"]).run();
+    assert_eq!(status.code, 1, "{}", status.all());
+    assert!(
+        status
+            .stdout
+            .contains("evi-be     CANNOT reach evi-state: authentication failed"),
+        "{}",
+        status.stdout
+    );
+    assert!(podman(&["ps", "-a", "--format", "{{.Names}}"])
+        .stdout
+        .lines()
+        .all(|n| !n.starts_with("evi-probe")));
     reset_host();
 }
 
-/// `status` exits 0, with evi-be's probe (from inside its network namespace)
-/// getting PONG.
+/// `status` exits 0, with evi-be's probe (from inside it, or from inside its
+/// network namespace) getting PONG.
 fn assert_status_says_evi_be_reaches_evi_state(site: &Site) {
     let status = site.evi().args(["status"]).run();
     assert_eq!(status.code, 0, "{}", status.all());

@@ -42,7 +42,8 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &RotateArgs, ui: &Ui) ->
     )
     .await?;
     // The clients hold the new URL now: prove that one gets PONG with it.
-    crate::reach::require_reach(&engine, settings, rotation.to).await?;
+    let first_client = settings.client_names().into_iter().next();
+    crate::reach::require_reach(&engine, settings, rotation.to, first_client.as_deref()).await?;
     let what = if rotation.resuming {
         "Rotation completed (it had been interrupted)"
     } else {

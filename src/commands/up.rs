@@ -14,6 +14,7 @@ use super::{observe, Host};
 use crate::apply;
 use crate::cli::{OutputFormat, UpArgs};
 use crate::desired;
+use crate::engine::Engine;
 use crate::exit;
 use crate::fsutil::read_optional;
 use crate::model::*;
@@ -52,9 +53,16 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
 
     // Planning reads only, so it needs no lock: a no-op `up` or a dry run never
     // waits for another run, and bad input stops here with the host untouched.
-    let document = make_document(settings, &conf, &observe(&engine, settings).await?)?;
+    let observed = observe(&engine, settings).await?;
+    let document = make_document(settings, &conf, &observed)?;
     if args.dry_run {
-        return show_plan(&document, args, ui);
+        let code = show_plan(&document, args, ui)?;
+        if args.output == OutputFormat::Text {
+            if let Some(note) = restart_note(&engine, &document.plan, &observed).await {
+                ui.result(&note);
+            }
+        }
+        return Ok(code);
     }
     if let Some(path) = &args.plan {
         crate::saved_plan::check(path, &document)?;
@@ -83,10 +91,13 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         return Ok(exit::OK);
     }
     ui.info(&plan_view::text(ui, &to_apply.plan));
+    if let Some(note) = restart_note(&engine, &to_apply.plan, &observed).await {
+        ui.info(&note);
+    }
     ui.info("");
 
     let started = Instant::now();
-    let (report, probe_time) = apply::apply_and_prove(
+    let (report, proven_by, probe_time) = apply::apply_and_prove(
         &engine,
         &to_apply.plan,
         ui,
@@ -106,8 +117,8 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
         );
     }
     ui.info(&format!(
-        "  a new client on {} got PONG from evi-state with its VALKEY_URL ({:.1}s)",
-        settings.network,
+        "  {} got PONG from evi-state with its VALKEY_URL ({:.1}s)",
+        proven_by.who(&settings.network),
         probe_time.as_secs_f64()
     ));
     ui.result(&report.summary(started.elapsed()));
@@ -141,6 +152,25 @@ fn make_document(settings: &Settings, conf: &str, observed: &Observed) -> Result
         settings_fingerprint(settings, conf),
         host_fingerprint(observed),
     ))
+}
+
+/// A plan that restarts a running evi-state says what the restart costs
+/// (`restart_cost.rs`): not in the plan itself, which a saved plan must
+/// match, while the data size changes all the time.
+async fn restart_note<E: Engine>(engine: &E, plan: &Plan, observed: &Observed) -> Option<String> {
+    let restarts = plan
+        .steps
+        .iter()
+        .any(|s| s.kind == Kind::Container && s.name == STATE_CONTAINER && s.verb == Verb::Replace);
+    let runs = observed
+        .containers
+        .get(STATE_CONTAINER)
+        .is_some_and(|c| c.running);
+    if !(restarts && runs) {
+        return None;
+    }
+    let used = crate::restart_cost::used_memory(engine).await?;
+    Some(crate::restart_cost::note(used))
 }
 
 fn show_plan(document: &PlanDocument, args: &UpArgs, ui: &Ui) -> Result<u8> {

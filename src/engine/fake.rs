@@ -26,6 +26,8 @@ pub struct FakeEngine {
     pub stop_timeouts: Mutex<Vec<(String, u64)>>,
     /// `exec` never answers, as in a wedged container or Podman service.
     pub exec_hangs: bool,
+    /// Containers whose image has no shell: `exec` exits 127 there.
+    pub no_shell: Vec<String>,
 }
 
 impl FakeEngine {
@@ -195,6 +197,13 @@ impl Engine for FakeEngine {
         self.record(format!("exec {container} {}", command.join(" ")))?;
         if self.exec_hangs {
             std::future::pending::<()>().await;
+        }
+        if self.no_shell.iter().any(|c| c == container) {
+            return Ok(ExecOutput {
+                exit_code: 127,
+                stdout: String::new(),
+                stderr: "executable file `sh` not found in $PATH".into(),
+            });
         }
         // The rotation helper's ACL script reports success with its own word.
         let answer = if command.get(3) == Some(&"acl-change") {

@@ -11,6 +11,12 @@ pass=${cred#*:}
 host=${hostport%%:*}
 port=6379
 case "$hostport" in *:*) port=${hostport##*:} ;; esac
+# Run inside a client whose image has no valkey-cli, the probe cannot work here:
+# evi-install then runs it in a container of evi-state's image instead.
+if ! command -v valkey-cli >/dev/null 2>&1; then
+  echo "valkey-cli is not in this image"
+  exit 15
+fi
 if command -v getent >/dev/null 2>&1 && ! getent ahosts "$host" >/dev/null 2>&1; then
   echo "$host does not resolve"
   exit 10

@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::exit;
 use crate::model::*;
 use crate::plan::{check_ownership, plan, secret_version_for, PlanError};
-use crate::reach::{probe, probe_spec, Attach, Reach};
+use crate::reach::{probe, probe_by_exec, probe_spec, Attach, Reach};
 use crate::render::valkey_conf;
 use crate::settings::Settings;
 use crate::ui::Ui;
@@ -19,8 +19,9 @@ use crate::ui::Ui;
 mod health;
 mod text;
 
+use crate::size::human;
 use health::{health, ValkeyHealth};
-use text::{human, text};
+use text::text;
 
 #[derive(Debug, Serialize)]
 struct Resource {
@@ -197,22 +198,27 @@ async fn client_reach<E: Engine>(
                 layer: crate::reach::Layer::Other,
                 detail: "no password generation label; run `evi-install up`".into(),
             },
-            Some(version) => {
+            Some(version) => match probe_by_exec(engine, &c.name).await {
+                Some(reach) => reach,
+                // The client's image cannot run the probe: a probe container
+                // in its network namespace, with the secret its label names.
                 // Unique per run: two `status` at once must not share a probe.
-                let name = format!("{PROBE_CONTAINER}-{}-{}", c.name, std::process::id());
-                let spec = probe_spec(
-                    &name,
-                    &settings.services.evi_state.image,
-                    &version.url_name(),
-                    Attach::Namespace(&c.name),
-                );
-                probe(engine, &spec)
-                    .await
-                    .unwrap_or_else(|e| Reach::Failed {
-                        layer: crate::reach::Layer::Other,
-                        detail: crate::secret::redact(&format!("{e:#}")),
-                    })
-            }
+                None => {
+                    let name = format!("{PROBE_CONTAINER}-{}-{}", c.name, std::process::id());
+                    let spec = probe_spec(
+                        &name,
+                        &settings.services.evi_state.image,
+                        &version.url_name(),
+                        Attach::Namespace(&c.name),
+                    );
+                    probe(engine, &spec)
+                        .await
+                        .unwrap_or_else(|e| Reach::Failed {
+                            layer: crate::reach::Layer::Other,
+                            detail: crate::secret::redact(&format!("{e:#}")),
+                        })
+                }
+            },
         };
         ClientReach {
             client: c.name.clone(),

@@ -2,22 +2,7 @@
 
 use super::Report;
 use crate::reach::Reach;
-
-/// Bytes for people: `812.3 KiB`, `1.0 GiB`.
-pub(super) fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
+use crate::size::human;
 
 pub(super) fn text(report: &Report) -> String {
     let mut out = String::from("Resources:\n");
@@ -90,7 +75,7 @@ pub(super) fn text(report: &Report) -> String {
         }
     }
     if !report.clients.is_empty() {
-        out.push_str("\nClients (probed from inside each client's network namespace):\n");
+        out.push_str("\nClients (probed from inside each client):\n");
         let width = report
             .clients
             .iter()
@@ -126,16 +111,4 @@ pub(super) fn text(report: &Report) -> String {
         "\nStatus: degraded or drifted. Run `evi-install up --dry-run` to see what `up` would change."
     });
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1 << 30), "1.0 GiB");
-        assert_eq!(human(836_560), "817.0 KiB");
-    }
 }
