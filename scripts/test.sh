@@ -40,8 +40,12 @@ step() { printf '\n===== %s =====\n' "$*"; }
 
 # The modules that talk to Podman; the unit and CLI tests do not depend on the host.
 E2E_MODULES=(e2e:: rotation:: catalogue:: clients:: pressure:: replicas:: permissions::)
-# What the rootless lane runs: the set-up, rotation, bad input, real clients and permissions.
-ROOTLESS_MODULES=(e2e:: rotation:: catalogue:: clients:: permissions::)
+# What the rootless lane runs: the set-up, rotation, bad input, real clients, permissions,
+# and a backup/restore round trip and roll-back (the rest of backup:: exercises the same
+# code at length, and one of its checks mounts a tmpfs, which only root can).
+ROOTLESS_MODULES=(e2e:: rotation:: catalogue:: clients:: permissions::
+    backup::the_guides_data_survives_backup_purge_up_and_restore
+    backup::a_restore_whose_data_differs_from_its_manifest_rolls_back)
 
 # The schema validator of the `export kubernetes` tests (tests/export.rs): pinned, offline
 # once installed, in a venv under target/ so nothing outside the checkout changes.
