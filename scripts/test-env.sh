@@ -174,6 +174,9 @@ evi_start_service() {
     sock="$(evi_socket_path)"
     pidfile="$(evi_pid_file)"
     log="$EVI_TEST_DIR/podman-service.log"
+    # A service this shell started earlier (an earlier lane) is still this shell's to stop.
+    local ours=""
+    [[ "${EVI_TEST_PODMAN_STARTED:-0}" == 1 ]] && ours="${EVI_TEST_PODMAN_PID:-}"
     export EVI_TEST_PODMAN_STARTED=0
     export EVI_TEST_PODMAN_URL="unix://$sock"
 
@@ -191,6 +194,7 @@ evi_start_service() {
             if [[ "$(cat "$pidfile.conf" 2>/dev/null)" == "$conf_hash" ]]; then
                 evi_log "reusing running podman service (pid $pid) on $sock"
                 EVI_TEST_PODMAN_PID="$pid"
+                [[ "$pid" == "$ours" ]] && EVI_TEST_PODMAN_STARTED=1
                 return 0
             fi
             evi_log "the running podman service (pid $pid) has another configuration; restarting it"
