@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A nested "host" for the reboot test (tests/reboot.rs): one privileged container of the
-# host's Podman 4.3 with systemd as PID 1 and Debian trixie's Podman 5.4 in it. Restarting
-# that container (`podman restart`) is a reboot: systemd boots again, and whatever
-# `evi-install up` enabled (podman-restart.service) has to bring the stack back.
+# host's Podman 4.3 with systemd as PID 1 and a Debian release's Podman in it:
+# EVI_RB_SUITE=trixie (the default) gives Podman 5.4, EVI_RB_SUITE=bookworm Podman 4.3.
+# Restarting that container (`podman restart`) is a reboot: systemd boots again, and
+# whatever `evi-install up` enabled (podman-restart.service) has to bring the stack back.
 #
 # Same recipe as scripts/podman5-env.sh (shared/notes/podman-on-these-machines.md, "Podman 5
-# on these machines (nested)"), plus systemd. Trixie's Podman 5.4 rather than bookworm's
-# 4.3: the podman5 recipe is the one verified nested here, and a fresh host gets Podman 5
-# today; its podman-restart.service is the same unit 4.3 ships (start --all --filter
-# restart-policy=always), so the mechanism under test is the one 4.3 hosts use.
+# on these machines (nested)"), plus systemd. scripts/test.sh boots both releases, one after
+# the other: podman-restart.service starts the containers in no order of its own, and
+# evi-state must come back inside evi-state-addr's network namespace on both.
 #
 # Use it after scripts/test-env.sh (it needs that file's host Podman, containers.conf and
 # images):
@@ -33,16 +33,17 @@ set -euo pipefail
 EVI_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EVI_TEST_DIR="${EVI_TEST_DIR:-$EVI_REPO/target/e2e}"
 # `evi-test-reboot-...`: never `evi-...` alone (the tests reset evi-state, evi-net, ...).
-EVI_RB_NAME="${EVI_RB_NAME:-evi-test-reboot-host-$(printf '%s' "$EVI_REPO" | md5sum | cut -c1-8)}"
+EVI_RB_SUITE="${EVI_RB_SUITE:-trixie}"
+EVI_RB_NAME="${EVI_RB_NAME:-evi-test-reboot-host-$EVI_RB_SUITE-$(printf '%s' "$EVI_REPO" | md5sum | cut -c1-8)}"
 EVI_RB_HOST_LOCK=/tmp/evi-host.lock
-EVI_RB_DIR="$EVI_TEST_DIR/reboot"
+EVI_RB_DIR="$EVI_TEST_DIR/reboot-$EVI_RB_SUITE"
 # The nested graphroot on the host's disk (nested overlay needs a non-overlay directory),
 # its own: podman5-env.sh's storage may be in use by another lane at the same time.
 EVI_RB_STORAGE="$EVI_RB_DIR/storage"
 EVI_RB_PACKAGES=(podman crun runc conmon catatonit netavark aardvark-dns nftables iptables
     uidmap ca-certificates fuse-overlayfs systemd systemd-sysv dbus procps)
 EVI_RB_TIMEOUT="${EVI_RB_TIMEOUT:-60}"
-EVI_RB_IMAGE="${EVI_RB_IMAGE:-localhost/evi-test-reboot-host:trixie-$(printf '%s\n' "${EVI_RB_PACKAGES[@]}" | md5sum | cut -c1-8)}"
+EVI_RB_IMAGE="${EVI_RB_IMAGE:-localhost/evi-test-reboot-host:$EVI_RB_SUITE-$(printf '%s\n' "${EVI_RB_PACKAGES[@]}" | md5sum | cut -c1-8)}"
 EVI_REBOOT_BIN="${EVI_REBOOT_BIN:-${CARGO_TARGET_DIR:-$EVI_REPO/target}/release/evi-install}"
 
 evi_rb_log() { printf '[reboot-env] %s\n' "$*" >&2; }
@@ -63,7 +64,7 @@ evi_rb_build_image() {
         evi_rb_log "image $EVI_RB_IMAGE already present (cached)"
         return 0
     fi
-    evi_require_trixie_keyring
+    [[ "$EVI_RB_SUITE" != trixie ]] || evi_require_trixie_keyring
     mkdir -p "$EVI_RB_DIR"
     local rc
     set +e
@@ -90,10 +91,10 @@ _evi_rb_build_image_locked() {
         IFS=,
         printf '%s' "${EVI_RB_PACKAGES[*]}"
     )"
-    evi_rb_log "building $EVI_RB_IMAGE: debootstrap trixie with $include from $mirror (log: $log)"
-    if ! debootstrap --variant=minbase --include="$include" trixie "$root" "$mirror" >"$log" 2>&1; then
+    evi_rb_log "building $EVI_RB_IMAGE: debootstrap $EVI_RB_SUITE with $include from $mirror (log: $log)"
+    if ! debootstrap --variant=minbase --include="$include" "$EVI_RB_SUITE" "$root" "$mirror" >"$log" 2>&1; then
         tail -n 30 "$log" >&2 || true
-        evi_rb_die "debootstrap of trixie (systemd + podman 5) failed (see $log)"
+        evi_rb_die "debootstrap of $EVI_RB_SUITE (systemd + podman) failed (see $log)"
     fi
     for tool in /usr/bin/podman /usr/bin/runc /usr/bin/conmon /usr/lib/systemd/systemd \
         /usr/lib/systemd/system/podman-restart.service /usr/lib/systemd/system/podman.socket; do
@@ -201,7 +202,7 @@ evi_rb_start() {
         evi_rb_die "no evi-install binary at $EVI_REBOOT_BIN (cargo build --release first)"
     bin="$(realpath "$EVI_REBOOT_BIN")"
     mkdir -p "$EVI_RB_STORAGE"
-    evi_rb_log "booting $EVI_RB_NAME (systemd + Podman 5; waits for the host's tests lock $EVI_RB_HOST_LOCK)"
+    evi_rb_log "booting $EVI_RB_NAME (systemd + $EVI_RB_SUITE's Podman; waits for the host's tests lock $EVI_RB_HOST_LOCK)"
     # --privileged: the nested Podman mounts overlay, makes cgroups and network namespaces.
     # --systemd=always: tmpfs on /run, /run/lock, /tmp, a writable cgroup tree for systemd,
     # container=podman, and SIGRTMIN+3 to stop it. --cgroupns=private: the nested systemd
@@ -245,7 +246,13 @@ evi_rb_load_images() {
 # only. Only this nested Podman's own resources; nothing on the outer host.
 evi_rb_reset_nested() {
     local exec="$EVI_RB_DIR/exec"
-    "$exec" podman rm --all --force --time 0 >/dev/null || evi_rb_die "(nested) podman rm --all failed"
+    # Podman 4.3's `rm --all` refuses a container that another's network namespace depends
+    # on (evi-state-addr) while that one is still there; each pass removes the dependents.
+    local pass
+    for pass in 1 2 3; do
+        "$exec" podman rm --all --force --time 0 >/dev/null 2>&1 && break
+    done
+    [[ -z "$("$exec" podman ps --all --quiet)" ]] || evi_rb_die "(nested) podman rm --all left containers"
     "$exec" podman volume rm --all --force >/dev/null || evi_rb_die "(nested) podman volume rm --all failed"
     "$exec" podman network prune --force >/dev/null || evi_rb_die "(nested) podman network prune failed"
     "$exec" podman secret rm --all >/dev/null || evi_rb_die "(nested) podman secret rm --all failed"

@@ -164,23 +164,31 @@ if grep -q EVI_INSTALL_TEST_ "$release_bin"; then
     evi_die "$release_bin mentions EVI_INSTALL_TEST_: the test hooks were built into a release binary"
 fi
 
-# A real reboot (tests/reboot.rs): that release binary runs `up` inside a nested host with
-# systemd as PID 1 (scripts/reboot-env.sh), which is then restarted; the stack must come
-# back by itself. If the nested systemd does not boot, this step fails; it never skips.
-# EVI_TEST_REBOOT=0 leaves it out of a local run.
+# A real reboot (tests/reboot.rs): that release binary runs `up` and `rotate-secret` inside a
+# nested host with systemd as PID 1 (scripts/reboot-env.sh), which is then restarted; the
+# stack must come back by itself, in order, with the rotated definitions. Twice: Debian 12's
+# Podman 4.3 (bookworm) and Debian 13's Podman 5.4 (trixie). If a nested systemd does not
+# boot, this step fails; it never skips. EVI_TEST_REBOOT=0 leaves it out of a local run.
 if [[ "${EVI_TEST_REBOOT:-1}" != 0 ]]; then
-    step "reboot: boot the nested systemd host"
-    lane_start=$SECONDS
-    EVI_REBOOT_BIN="$release_bin" evi_reboot_up
-    step "reboot: cargo test --test integration -- --ignored reboot::"
-    reboot_log="$EVI_TEST_DIR/reboot/test.log"
-    cargo test --features test-hooks,e2e --test integration -- --ignored reboot:: --show-output 2>&1 |
-        tee "$reboot_log"
-    # A filter that matched nothing would pass too: the test must have run.
-    grep -q '^test reboot::the_stack_comes_back_after_a_reboot_with_its_data \.\.\. ok$' "$reboot_log" ||
-        evi_die "the reboot test did not run (see $reboot_log)"
-    evi_reboot_stop
-    evi_log "reboot step took $((SECONDS - lane_start))s"
+    for suite in bookworm trixie; do
+        step "reboot ($suite): boot the nested systemd host"
+        lane_start=$SECONDS
+        # reboot-env.sh reads the suite when it is sourced: source it again for each.
+        EVI_RB_SUITE=$suite
+        unset EVI_RB_NAME EVI_RB_IMAGE
+        # shellcheck source=scripts/reboot-env.sh
+        source scripts/reboot-env.sh
+        EVI_REBOOT_BIN="$release_bin" evi_reboot_up
+        step "reboot ($suite): cargo test --test integration -- --ignored reboot::"
+        reboot_log="$EVI_RB_DIR/test.log"
+        cargo test --features test-hooks,e2e --test integration -- --ignored reboot:: --show-output 2>&1 |
+            tee "$reboot_log"
+        # A filter that matched nothing would pass too: the test must have run.
+        grep -q '^test reboot::the_stack_comes_back_after_a_reboot_with_its_data \.\.\. ok$' "$reboot_log" ||
+            evi_die "the reboot test did not run on $suite (see $reboot_log)"
+        evi_reboot_stop
+        evi_log "reboot step ($suite) took $((SECONDS - lane_start))s"
+    done
 fi
 
 step "all checks passed"

@@ -131,6 +131,8 @@ fn the_stack_comes_back_after_a_reboot_with_its_data() {
     let host = nested_host();
     host.wait_booted(Duration::from_secs(60));
     let started = Instant::now();
+    let version = host.ok(&["podman", "--version"]);
+    eprintln!("nested host: {}", version.trim());
 
     let up = host.evi(&["up"]);
     assert_eq!(
@@ -157,6 +159,18 @@ fn the_stack_comes_back_after_a_reboot_with_its_data() {
         "status before the reboot: {}",
         before.all()
     );
+
+    // A rotation before the reboot: what comes back must be the rotated
+    // definitions (the clients with the new URL), not the ones `up` made.
+    let rotate = host.evi(&["rotate-secret"]);
+    assert_eq!(rotate.code, 0, "rotate-secret: {}", rotate.all());
+    let generation = host.ok(&[
+        "podman",
+        "inspect",
+        "evi-be",
+        "--format",
+        "{{index .Config.Labels \"io.evi-install.secret-version\"}}",
+    ]);
 
     // Data: a key without a TTL and a stream entry. appendfsync everysec: the
     // AOF has them on disk a second later, whatever the shutdown does.
@@ -207,6 +221,42 @@ fn the_stack_comes_back_after_a_reboot_with_its_data() {
     eprintln!(
         "stack back {:?} after the reboot began",
         reboot_at.elapsed()
+    );
+
+    // podman-restart.service starts containers in no order of its own: evi-state
+    // must be back inside evi-state-addr's network namespace (Podman starts a
+    // container's namespace dependency first), and nothing may differ from the
+    // settings, rotated generation included: `up` would change nothing.
+    let addr_id = host.ok(&["podman", "inspect", "evi-state-addr", "--format", "{{.Id}}"]);
+    let mode = host.ok(&[
+        "podman",
+        "inspect",
+        "evi-state",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+    ]);
+    assert_eq!(
+        mode.trim(),
+        format!("container:{}", addr_id.trim()),
+        "evi-state is not in evi-state-addr's network namespace after the reboot"
+    );
+    let label = host.ok(&[
+        "podman",
+        "inspect",
+        "evi-be",
+        "--format",
+        "{{index .Config.Labels \"io.evi-install.secret-version\"}}",
+    ]);
+    assert_eq!(
+        label, generation,
+        "evi-be came back with another password generation"
+    );
+    let plan = host.evi(&["up", "--dry-run", "--detailed-exitcode"]);
+    assert_eq!(
+        plan.code,
+        0,
+        "up would change something after the reboot: {}",
+        plan.all()
     );
 
     assert_eq!(host.valkey("GET reboot:marker"), marker, "the key was lost");
