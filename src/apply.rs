@@ -638,25 +638,25 @@ mod tests {
         assert!(!plan(&desired, &host).unwrap().has_changes());
     }
 
+    /// `up`'s apply and proof, with a 1 s readiness wait and generation 1.
+    async fn prove(
+        engine: &FakeEngine,
+        p: &Plan,
+        settings: &Settings,
+    ) -> Result<(Report, crate::reach::ProvenBy, Duration)> {
+        let ready = Duration::from_secs(1);
+        apply_and_prove(engine, p, &Ui::silent(), ready, settings, SecretVersion(1)).await
+    }
+
     #[tokio::test]
     async fn the_probe_runs_once_evi_state_answers_and_a_failed_apply_ends_at_once() {
         let (_tmp, settings, desired) = fresh_site("app");
         let p = plan(&desired, &Observed::default()).unwrap();
-        let ready = Duration::from_secs(1);
 
         // A client image that can run the probe: the proof comes from inside
         // the first client as soon as it runs, and no probe container is made.
         let engine = FakeEngine::default();
-        let (report, by, _) = apply_and_prove(
-            &engine,
-            &p,
-            &Ui::silent(),
-            ready,
-            &settings,
-            SecretVersion(1),
-        )
-        .await
-        .unwrap();
+        let (report, by, _) = prove(&engine, &p, &settings).await.unwrap();
         assert_eq!(report.created, 7);
         assert_eq!(by, crate::reach::ProvenBy::Client("evi-be".into()));
         let calls = engine.calls();
@@ -670,16 +670,7 @@ mod tests {
             no_shell: vec!["evi-be".into()],
             ..FakeEngine::default()
         };
-        let (_, by, _) = apply_and_prove(
-            &engine,
-            &p,
-            &Ui::silent(),
-            ready,
-            &settings,
-            SecretVersion(1),
-        )
-        .await
-        .unwrap();
+        let (_, by, _) = prove(&engine, &p, &settings).await.unwrap();
         assert_eq!(by, crate::reach::ProvenBy::NewClient);
         let calls = engine.calls();
         let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
@@ -697,19 +688,9 @@ mod tests {
             fail_on: Some("create container evi-state".into()),
             ..FakeEngine::default()
         };
-        let result = tokio::time::timeout(
-            Duration::from_secs(5),
-            apply_and_prove(
-                &engine,
-                &p,
-                &Ui::silent(),
-                ready,
-                &settings,
-                SecretVersion(1),
-            ),
-        )
-        .await
-        .expect("a failed apply does not wait for the probe");
+        let result = tokio::time::timeout(Duration::from_secs(5), prove(&engine, &p, &settings))
+            .await
+            .expect("a failed apply does not wait for the probe");
         assert!(result.unwrap_err().to_string().contains("injected failure"));
         assert!(!engine.calls().iter().any(|c| c.contains("evi-probe")));
     }
