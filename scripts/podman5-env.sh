@@ -233,14 +233,9 @@ evi_p5_start() {
 # Copy each test image from the host into the nested storage, unless the same image ID is
 # already there (the storage survives between runs). No registry: `podman save | podman load`.
 evi_p5_load_images() {
-    local images=("${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}") image host_id nested_id
-    # The real clients' image (scripts/test-env.sh builds it) for the clients tests.
-    [[ -z "${EVI_TEST_CLIENT_IMAGE:-}" ]] || images+=("$EVI_TEST_CLIENT_IMAGE")
-    # The image-contract variants of the Valkey image (scripts/test-env.sh).
-    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}" \
-        "${EVI_TEST_IMAGE_NOCLI:-}"; do
-        [[ -z "$image" ]] || images+=("$image")
-    done
+    # The Valkey test image, the real clients' image and the image-contract variants.
+    local images image host_id nested_id
+    mapfile -t images < <(evi_test_images)
     # EVI_TEST_IMAGES: more images the tests need, separated by spaces or commas.
     local extra="${EVI_TEST_IMAGES:-}"
     for image in ${extra//,/ }; do images+=("$image"); done

@@ -116,12 +116,8 @@ evi_rl_start_service() {
 
 # Copies each test image from root's storage into the user's, unless the same ID is there.
 evi_rl_load_images() {
-    local images=("${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}") image root_id user_id
-    [[ -z "${EVI_TEST_CLIENT_IMAGE:-}" ]] || images+=("$EVI_TEST_CLIENT_IMAGE")
-    for image in "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}" \
-        "${EVI_TEST_IMAGE_NOCLI:-}"; do
-        [[ -z "$image" ]] || images+=("$image")
-    done
+    local images image root_id user_id
+    mapfile -t images < <(evi_test_images)
     for image in "${images[@]}"; do
         root_id="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null)" ||
             evi_rl_die "image $image is not in root's storage (scripts/test-env.sh builds it)"

@@ -751,6 +751,18 @@ evi_build_contract_images() {
     evi_log "image contract images: $EVI_TEST_IMAGE_NODATA $EVI_TEST_IMAGE_OFFICIAL $EVI_TEST_IMAGE_NOSETPRIV $EVI_TEST_IMAGE_NOCLI"
 }
 
+# The images the end-to-end tests run, one per line, the Valkey test image first: that one,
+# the clients' image and the image-contract variants, whichever are set. The lanes with a
+# storage of their own (Podman 5 nested, rootless) load exactly these.
+evi_test_images() {
+    local image
+    for image in "${EVI_TEST_VALKEY_IMAGE:-localhost/evi-valkey-test:8}" "${EVI_TEST_CLIENT_IMAGE:-}" \
+        "${EVI_TEST_IMAGE_NODATA:-}" "${EVI_TEST_IMAGE_OFFICIAL:-}" "${EVI_TEST_IMAGE_NOSETPRIV:-}" \
+        "${EVI_TEST_IMAGE_NOCLI:-}"; do
+        [[ -z "$image" ]] || printf '%s\n' "$image"
+    done
+}
+
 # Netavark keeps its address leases in /run (a tmpfs, so a reboot clears them). A lease
 # whose container is gone (a killed run racing a restart policy) blocks that fixed address
 # until then. With no Podman running containers on the machine, no lease is live: start
