@@ -63,12 +63,10 @@ evi_rl_prepare_user() {
     # machine suspended) leaves the runtime directory naming a pause process that no longer
     # exists, and Podman then refuses every command ("invalid internal status, try resetting
     # the pause process").
-    pkill -KILL -u "$EVI_RL_USER" 2>/dev/null || true
-    local waited=0
-    while pgrep -u "$EVI_RL_USER" >/dev/null 2>&1; do
-        ((waited++ < 50)) || evi_rl_die "processes of $EVI_RL_USER survive SIGKILL: $(pgrep -u "$EVI_RL_USER" | tr '\n' ' ')"
-        sleep 0.1
-    done
+    evi_rootless_stop
+    if pgrep -u "$EVI_RL_USER" >/dev/null 2>&1; then
+        evi_rl_die "processes of $EVI_RL_USER survive SIGKILL: $(pgrep -u "$EVI_RL_USER" | tr '\n' ' ')"
+    fi
     if mountpoint -q "$run"; then
         umount "$run" || umount --lazy "$run" || evi_rl_die "cannot unmount the user's old runtime directory $run"
     fi
@@ -171,12 +169,15 @@ evi_rootless_test() {
 
 # Stops every process of the lane's user: the service, conmon and whatever containers a
 # failed test left running (the user is the lane's own).
+# SIGTERM first, SIGKILL to what is left after 5 s, then up to 5 s more for them to go.
 evi_rootless_stop() {
     id "$EVI_RL_USER" >/dev/null 2>&1 || return 0
-    pkill -TERM -u "$EVI_RL_USER" 2>/dev/null || return 0
-    local waited=0
-    while pgrep -u "$EVI_RL_USER" >/dev/null 2>&1 && ((waited++ < 50)); do
-        sleep 0.1
+    local signal waited
+    for signal in TERM KILL; do
+        pkill "-$signal" -u "$EVI_RL_USER" 2>/dev/null || return 0
+        waited=0
+        while pgrep -u "$EVI_RL_USER" >/dev/null 2>&1 && ((waited++ < 50)); do
+            sleep 0.1
+        done
     done
-    pkill -KILL -u "$EVI_RL_USER" 2>/dev/null || true
 }
