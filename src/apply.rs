@@ -71,7 +71,8 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     let mut report = Report::default();
     let describe = |s: &Step| format!("{} {} {}", verb_word(s.verb), s.kind.as_str(), s.name);
     let mut finished: Vec<String> = Vec::new();
-    let evi_state_done = |step: &Step| {
+    // evi-state or the first client in place (made, started or kept): the proof may start.
+    let container_in_place = |step: &Step| {
         if step.kind != Kind::Container || step.verb == Verb::Remove {
             return;
         }
@@ -88,7 +89,7 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
     for (i, step) in plan.steps.iter().enumerate() {
         if step.verb == Verb::Keep {
             report.unchanged += 1;
-            evi_state_done(step);
+            container_in_place(step);
             continue;
         }
         let not_done: Vec<String> = plan.steps[i..]
@@ -131,7 +132,7 @@ pub async fn apply<E: Engine>(engine: &E, plan: &Plan, ui: &Ui, opts: &Options) 
             started.elapsed().as_secs_f64()
         ));
         finished.push(describe(step));
-        evi_state_done(step);
+        container_in_place(step);
         crate::interrupt::test_delay().await;
     }
     Ok(report)
