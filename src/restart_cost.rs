@@ -14,7 +14,8 @@ use crate::model::STATE_CONTAINER;
 /// Podman 4.3, netavark): without an answer for 0.6 s at 0.7 MB of used
 /// memory, 6.3 s at 257 MB and 13.2 s at 751 MB.
 const FIXED: Duration = Duration::from_millis(600);
-const BYTES_PER_SECOND: f64 = 60.0 * 1024.0 * 1024.0;
+const MIB_PER_SECOND: f64 = 60.0;
+const BYTES_PER_SECOND: f64 = MIB_PER_SECOND * 1024.0 * 1024.0;
 
 /// How long evi-state would serve nothing if restarted with `used_memory`.
 pub fn estimate(used_memory: u64) -> Duration {
@@ -25,10 +26,12 @@ pub fn estimate(used_memory: u64) -> Duration {
 pub fn note(used_memory: u64) -> String {
     format!(
         "evi-state restarts: it serves nothing until it has reloaded its data set \
-         ({} used): roughly {:.0} s (estimated at 0.6 s + 60 MiB/s, as measured on 2 cores; \
+         ({} used): roughly {:.0} s (estimated at {} s + {} MiB/s, as measured on 2 cores; \
          a slower disk takes longer)",
         crate::size::human(used_memory),
-        estimate(used_memory).as_secs_f64().ceil()
+        estimate(used_memory).as_secs_f64().ceil(),
+        FIXED.as_secs_f64(),
+        MIB_PER_SECOND
     )
 }
 
@@ -63,5 +66,6 @@ mod tests {
         }
         let line = note(751 * mib);
         assert!(line.contains("(751.0 MiB used): roughly 14 s"), "{line}");
+        assert!(line.contains("(estimated at 0.6 s + 60 MiB/s,"), "{line}");
     }
 }
