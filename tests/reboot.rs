@@ -82,6 +82,19 @@ impl NestedHost {
             .to_string()
     }
 
+    /// The password generation evi-be was given (its label).
+    fn generation(&self) -> String {
+        self.ok(&[
+            "podman",
+            "inspect",
+            "evi-be",
+            "--format",
+            "{{index .Config.Labels \"io.evi-install.secret-version\"}}",
+        ])
+        .trim()
+        .to_string()
+    }
+
     /// The running containers of the nested Podman, by name.
     fn running(&self) -> Vec<String> {
         let out = self.run(&["podman", "ps", "--format", "{{.Names}}"]);
@@ -162,15 +175,14 @@ fn the_stack_comes_back_after_a_reboot_with_its_data() {
 
     // A rotation before the reboot: what comes back must be the rotated
     // definitions (the clients with the new URL), not the ones `up` made.
+    let before_rotation = host.generation();
     let rotate = host.evi(&["rotate-secret"]);
     assert_eq!(rotate.code, 0, "rotate-secret: {}", rotate.all());
-    let generation = host.ok(&[
-        "podman",
-        "inspect",
-        "evi-be",
-        "--format",
-        "{{index .Config.Labels \"io.evi-install.secret-version\"}}",
-    ]);
+    let generation = host.generation();
+    assert_ne!(
+        generation, before_rotation,
+        "rotate-secret left evi-be's generation"
+    );
 
     // Data: a key without a TTL and a stream entry. appendfsync everysec: the
     // AOF has them on disk a second later, whatever the shutdown does.
@@ -240,15 +252,9 @@ fn the_stack_comes_back_after_a_reboot_with_its_data() {
         format!("container:{}", addr_id.trim()),
         "evi-state is not in evi-state-addr's network namespace after the reboot"
     );
-    let label = host.ok(&[
-        "podman",
-        "inspect",
-        "evi-be",
-        "--format",
-        "{{index .Config.Labels \"io.evi-install.secret-version\"}}",
-    ]);
     assert_eq!(
-        label, generation,
+        host.generation(),
+        generation,
         "evi-be came back with another password generation"
     );
     let plan = host.evi(&["up", "--dry-run", "--detailed-exitcode"]);
