@@ -156,6 +156,11 @@ fn the_guides_data_survives_backup_purge_up_and_restore() {
         "no password in the archive"
     );
     assert!(!out.all().contains(&password));
+    let data = podman_ok(&["exec", "evi-state", "ls", "-A", "/data"]);
+    assert!(
+        !data.contains(".evi-backup-"),
+        "the snapshot's second name is removed after the backup: {data}"
+    );
     let m = manifest_of(&file);
     assert_eq!(m["format_version"], 1);
     assert!(

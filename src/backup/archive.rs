@@ -230,42 +230,37 @@ impl ArchiveWriter {
         encoder.include_checksum(true)?;
         let mut builder = tar::Builder::new(encoder);
         let json = serde_json::to_vec_pretty(manifest)?;
-        let mut header = tar::Header::new_gnu();
-        header.set_size(json.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        let mut header = file_header(json.len() as u64, chrono::Utc::now().timestamp());
         builder.append_data(&mut header, MANIFEST_ENTRY, json.as_slice())?;
         Ok(ArchiveWriter { tmp_path, builder })
     }
 
-    /// Copies every regular file of a tar stream (Podman's archive of the
-    /// AOF directory: `DIR/FILE` entries) in as `data/DIR/FILE`, hashing it;
-    /// each must match its entry in `expected`.
-    pub fn append_tar(
+    /// Adds a file evi-install made itself (the AOF manifest), as `want.path`.
+    pub fn append_bytes(&mut self, want: &FileEntry, bytes: &[u8]) -> Result<()> {
+        let mut header = file_header(bytes.len() as u64, chrono::Utc::now().timestamp());
+        self.builder
+            .append_data(&mut header, &want.path, bytes)
+            .context("write the archive")
+    }
+
+    /// Copies the one regular file of a tar stream (Podman's archive of a
+    /// single file) in as `want.path`, hashing it on the way: it must match
+    /// `want`'s size and sha256, which the throwaway server computed on the
+    /// file it loaded.
+    pub fn append_file(
         &mut self,
         source: impl Read,
-        expected: &[FileEntry],
+        want: &FileEntry,
         mut progress: impl FnMut(u64),
     ) -> Result<()> {
         let mut source = tar::Archive::new(source);
-        let mut seen = Vec::new();
         let mut done = 0u64;
-        for entry in source
-            .entries()
-            .context("read the AOF directory from Podman")?
-        {
-            let entry = entry.context("read the AOF directory from Podman")?;
+        for entry in source.entries().context("read the snapshot from Podman")? {
+            let entry = entry.context("read the snapshot from Podman")?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let name = format!("{DATA_PREFIX}{}", entry.path()?.display());
-            let Some(want) = expected.iter().find(|f| f.path == name) else {
-                bail!("the snapshot has an unexpected file `{name}`; run the backup again");
-            };
-            let mut header = tar::Header::new_gnu();
-            header.set_size(entry.size());
-            header.set_mode(0o600);
-            header.set_mtime(entry.header().mtime().unwrap_or(0));
+            let mut header = file_header(entry.size(), entry.header().mtime().unwrap_or(0) as i64);
             let mut reader = Hashing::new(entry);
             let counted = Counting {
                 inner: &mut reader,
@@ -273,21 +268,21 @@ impl ArchiveWriter {
                 progress: &mut progress,
             };
             self.builder
-                .append_data(&mut header, &name, counted)
+                .append_data(&mut header, &want.path, counted)
                 .context("write the archive")?;
             let (sha, size) = reader.finish();
             if sha != want.sha256 || size != want.size {
-                bail!("`{name}` changed on its way out of the container (checksum); run the backup again");
+                bail!(
+                    "`{}` changed on its way out of the container (checksum); run the backup again",
+                    want.path
+                );
             }
-            seen.push(name);
+            return Ok(());
         }
-        if let Some(missing) = expected.iter().find(|f| !seen.contains(&f.path)) {
-            bail!(
-                "`{}` did not come out of the container; run the backup again",
-                missing.path
-            );
-        }
-        Ok(())
+        bail!(
+            "`{}` did not come out of the container; run the backup again",
+            want.path
+        )
     }
 
     /// Finishes the archive, syncs it and renames it to `dest`.
@@ -313,6 +308,20 @@ impl ArchiveWriter {
         }
         Ok(size)
     }
+}
+
+/// The sha256 of `bytes`, in hex, as the manifest records it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// A tar header for a regular file of the archive (mode 0600).
+fn file_header(size: u64, mtime: i64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o600);
+    header.set_mtime(mtime.max(0) as u64);
+    header
 }
 
 /// A reader that hashes and counts what passes through it.
@@ -447,31 +456,57 @@ mod tests {
         }
     }
 
-    /// An archive with one data file, as `backup` writes it.
-    fn write_sample(dir: &Path) -> (std::path::PathBuf, Manifest) {
-        let data = b"REDIS0011 some data".repeat(1000);
-        let entry = FileEntry {
-            path: "data/appendonlydir/appendonly.aof.1.base.rdb".into(),
-            size: data.len() as u64,
-            sha256: hex(&Sha256::digest(&data)),
-        };
-        let m = manifest(vec![entry]);
+    const AOF_MANIFEST: &[u8] = b"file appendonly.aof.1.base.rdb seq 1 type b\n";
+
+    /// Podman's archive of one file, `name`.
+    fn one_file_tar(name: &str, data: &[u8]) -> Vec<u8> {
         let mut src = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        src.append_data(
-            &mut h,
-            "appendonlydir/appendonly.aof.1.base.rdb",
-            data.as_slice(),
-        )
-        .unwrap();
-        let src = src.into_inner().unwrap();
+        src.append_data(&mut h, name, data).unwrap();
+        src.into_inner().unwrap()
+    }
+
+    fn entry(path: &str, data: &[u8]) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            sha256: hex(&Sha256::digest(data)),
+        }
+    }
+
+    /// An archive as `backup` writes it: the snapshot as an AOF base and the
+    /// AOF manifest naming it.
+    fn write_sample(dir: &Path) -> (std::path::PathBuf, Manifest) {
+        let data = b"REDIS0011 some data".repeat(1000);
+        let m = manifest(vec![
+            entry("data/appendonlydir/appendonly.aof.manifest", AOF_MANIFEST),
+            entry("data/appendonlydir/appendonly.aof.1.base.rdb", &data),
+        ]);
         let mut w = ArchiveWriter::new(dir, &m).unwrap();
-        w.append_tar(src.as_slice(), &m.files, |_| {}).unwrap();
+        w.append_bytes(&m.files[0], AOF_MANIFEST).unwrap();
+        let src = one_file_tar(".evi-backup-1.rdb", &data);
+        w.append_file(src.as_slice(), &m.files[1], |_| {}).unwrap();
         let path = dir.join("b.tar.zst");
         w.persist(&path).unwrap();
         (path, m)
+    }
+
+    #[test]
+    fn a_snapshot_that_differs_from_what_was_loaded_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let want = entry(
+            "data/appendonlydir/appendonly.aof.1.base.rdb",
+            b"REDIS0011 a",
+        );
+        let mut w = ArchiveWriter::new(tmp.path(), &manifest(vec![want.clone()])).unwrap();
+        let src = one_file_tar(".evi-backup-1.rdb", b"REDIS0011 b");
+        let err = w.append_file(src.as_slice(), &want, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("changed on its way out"), "{err}");
+        let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
+        let err = w.append_file(empty.as_slice(), &want, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("did not come out"), "{err}");
     }
 
     #[test]
@@ -494,7 +529,11 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["x/appendonlydir/appendonly.aof.1.base.rdb", "x/SHA256SUMS"]
+            [
+                "x/appendonlydir/appendonly.aof.manifest",
+                "x/appendonlydir/appendonly.aof.1.base.rdb",
+                "x/SHA256SUMS"
+            ]
         );
         let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temp file left");
@@ -527,7 +566,7 @@ mod tests {
         );
         // A data file that does not match its checksum.
         let mut other = m.clone();
-        other.files[0].sha256 = "0".repeat(64);
+        other.files[1].sha256 = "0".repeat(64);
         let err = check(&path, &other, |_| {}).unwrap_err();
         assert!(
             err.to_string()

@@ -122,6 +122,20 @@ pub async fn run_helper<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<S
     Ok(out)
 }
 
+/// Creates, runs and removes a throwaway server: what it printed, parsed
+/// (`what` names it in errors).
+pub async fn run_helper_job<E: Engine>(
+    engine: &E,
+    spec: &ContainerSpec,
+    what: &str,
+) -> Result<JobOutput> {
+    create(engine, spec).await?;
+    let result = run_to_end(engine, &spec.name, JOB_LIMIT).await;
+    engine.remove_container(&spec.name, 1).await?;
+    let (code, out) = result?;
+    parse_job(what, code, &out)
+}
+
 /// What a throwaway server printed.
 #[derive(Debug, Default)]
 pub struct JobOutput {

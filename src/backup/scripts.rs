@@ -57,7 +57,7 @@ const SUMMARY_SH: &str = r#"
 summary() {
   cursor=0
   while :; do
-    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" 1000) || { echo "evi-error: summary failed: $out"; return 1; }
+    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" "${EVI_BATCH:-1000}") || { echo "evi-error: summary failed: $out"; return 1; }
     cursor=$(printf '%s\n' "$out" | head -n 1)
     printf '%s\n' "$out" | sed 1d
     [ "$cursor" = 0 ] && break
@@ -77,10 +77,10 @@ stop_server() {
   cli SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   while [ -e /tmp/evi-valkey.pid ] && kill -0 "$(cat /tmp/evi-valkey.pid)" 2>/dev/null; do sleep 0.05; done
 }
+# A throwaway server serves no one: its summary runs in batches of 50,000 keys.
 isolated() {
   printf 'evi-version %s\n' "$(cli INFO server | sed -n 's/^valkey_version:\([^\r]*\).*/\1/p')"
-  summary || return 1
-  printf 'evi-summary digest %s\n' "$(cli DEBUG DIGEST)"
+  EVI_BATCH=50000 summary || return 1
 }
 "#;
 
@@ -93,11 +93,10 @@ pub fn live_summary_script() -> String {
     )
 }
 
-/// A throwaway server's options: no port (a unix socket only), no
-/// automatic saves, the debug command for `DEBUG DIGEST` (local only),
-/// daemonized so the script can talk to it.
+/// A throwaway server's options: no port (a unix socket only), daemonized so
+/// the script can talk to it.
 const THROWAWAY_OPTS: &str = "--port 0 --unixsocket /tmp/evi-valkey.sock --unixsocketperm 700 \
-    --enable-debug-command local --daemonize yes --pidfile /tmp/evi-valkey.pid --logfile /tmp/evi-valkey.log";
+    --daemonize yes --pidfile /tmp/evi-valkey.pid --logfile /tmp/evi-valkey.log";
 
 fn with_functions(body: &str) -> String {
     format!(
@@ -107,38 +106,47 @@ fn with_functions(body: &str) -> String {
     )
 }
 
-/// `backup`'s throwaway: loads the snapshot evi-state just saved (read
-/// through the volume, mounted at /snapshot), has Valkey itself turn it into
-/// the AOF directory a server with `appendonly yes` loads, and prints the
-/// summary of exactly that data and the sha256 of each file.
-/// Arguments: the RDB file name, the AOF directory name, the AOF file name.
+/// `backup`'s throwaway: loads the snapshot evi-state just saved, read
+/// through the volume (mounted at /snapshot) under the second name the
+/// backup gave it, and prints the summary of exactly that data. The file's
+/// sha256 is computed while it loads (the file stays in the page cache for
+/// the copy into the archive that follows). Argument: the snapshot's name in
+/// the volume.
+///
+/// The snapshot is archived as it is, as the base of an AOF directory: a
+/// server with `appendonly yes` loads an RDB base (multi-part AOF, Valkey
+/// 7+; <https://valkey.io/topics/persistence/>), so no AOF rewrite is needed.
 pub fn backup_job() -> String {
     with_functions(&format!(
-        r#"rdb=$1; aofdir=$2; aoffile=$3
-mkdir -p /work && ln -s "/snapshot/$rdb" /work/dump.rdb || fail "cannot prepare /work"
-valkey-server --dir /work --dbfilename dump.rdb --appendonly no --save '' --appenddirname "$aofdir" \
-  --appendfilename "$aoffile" --aof-use-rdb-preamble yes {THROWAWAY_OPTS} || fail "valkey-server did not start"
+        r#"snap=/snapshot/$1
+[ -f "$snap" ] || fail "the snapshot $1 is not in the volume"
+mkdir -p /work && ln -s "$snap" /work/dump.rdb || fail "cannot prepare /work"
+sha256sum < "$snap" > /tmp/evi-sha256 &
+valkey-server --dir /work --dbfilename dump.rdb --appendonly no --save '' {THROWAWAY_OPTS} ||
+  fail "valkey-server did not start"
 wait_loaded || fail "the snapshot did not load"
-cli CONFIG SET appendonly yes >/dev/null || fail "CONFIG SET appendonly yes failed"
-i=0
-until cli INFO persistence | tr -d '\r' | grep -q '^aof_rewrite_in_progress:0' &&
-      cli INFO persistence | tr -d '\r' | grep -q '^aof_rewrite_scheduled:0' &&
-      cli INFO persistence | tr -d '\r' | grep -q '^aof_enabled:1' &&
-      [ -e "/work/$aofdir/$aoffile.manifest" ]; do
-  i=$((i + 1)); [ "$i" -gt 36000 ] && fail "the AOF rewrite did not finish"
-  sleep 0.1
-done
-cli INFO persistence | tr -d '\r' | grep -q '^aof_last_bgrewrite_status:ok' || fail "the AOF rewrite failed"
 isolated || fail "cannot summarise the data"
 stop_server
-cd "/work/$aofdir" || fail "no AOF directory"
-for f in *; do
-  printf 'evi-file %s %s %s\n' "$(sha256sum < "$f" | cut -d ' ' -f 1)" "$(stat -c %s "$f")" "$f"
-done
+wait $! || fail "cannot read the snapshot"
+printf 'evi-file %s %s %s\n' "$(cut -d ' ' -f 1 /tmp/evi-sha256)" "$(stat -c %s "$snap")" "$1"
 echo evi-done
 "#
     ))
 }
+
+/// The second name `backup` gives evi-state's snapshot in the volume while it
+/// reads it (a hard link: evi-state's own save points replace `dump.rdb` by a
+/// rename, never the file under this name). Names left by an interrupted
+/// backup are removed first; backups hold the host lock, so none is in use.
+/// Arguments: the snapshot's file name (`dbfilename`), the second name.
+pub const LINK_SNAPSHOT: &str = r#"set -eu
+cd /data
+rm -f .evi-backup-*.rdb
+ln "$1" "$2"
+"#;
+
+/// Removes the second names of the snapshot (after the backup, whatever happened).
+pub const UNLINK_SNAPSHOT: &str = "rm -f /data/.evi-backup-*.rdb\n";
 
 /// `backup --verify`'s throwaway: loads the archive's AOF directory (copied
 /// to /work/data) with `appendonly yes`, as evi-state would, and prints
@@ -265,6 +273,8 @@ mod tests {
             ("verify", verify_job()),
             ("check", check_job("/etc/valkey.conf")),
             ("helper", HELPER.to_string()),
+            ("link", LINK_SNAPSHOT.to_string()),
+            ("unlink", UNLINK_SNAPSHOT.to_string()),
         ] {
             let out = std::process::Command::new("sh")
                 .args(["-n", "-c", &script])

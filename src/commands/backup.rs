@@ -78,32 +78,45 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         t.elapsed().as_secs_f64()
     ));
 
-    // 2. A throwaway server loads it and has Valkey write the AOF directory.
+    // 2. The snapshot gets a second name in the volume while it is read, so
+    //    that evi-state's own save points cannot replace it mid-backup.
     let aof_dir =
         jobs::conf_value(&conf, "appenddirname").unwrap_or_else(|| "appendonlydir".into());
     let aof_file =
         jobs::conf_value(&conf, "appendfilename").unwrap_or_else(|| "appendonly.aof".into());
     let rdb = jobs::conf_value(&conf, "dbfilename").unwrap_or_else(|| "dump.rdb".into());
+    let link = format!(".evi-backup-{}.rdb", std::process::id());
+    exec_state_args(&engine, scripts::LINK_SNAPSHOT, &[&rdb, &link]).await?;
     let name = format!("evi-backup-{}", std::process::id());
-    let spec = jobs::throwaway(
-        &name,
-        &settings.services.evi_state.image,
-        &scripts::backup_job(),
-        &[&rdb, &aof_dir, &aof_file],
-        vec![Mount::Volume {
-            name: DATA_VOLUME.into(),
-            target: "/snapshot".into(),
-        }],
-    );
-    jobs::create(&engine, &spec).await?;
     let result = async {
+        // 3. A throwaway server on no network loads exactly that file and
+        //    summarises it; the file's sha256 is taken at the same time.
         let t = Instant::now();
-        let (code, out) = jobs::run_to_end(&engine, &name, jobs::JOB_LIMIT).await?;
-        let job = jobs::parse_job("the backup's throwaway server", code, &out)?;
+        let spec = jobs::throwaway(
+            &name,
+            &settings.services.evi_state.image,
+            &scripts::backup_job(),
+            &[&link],
+            vec![Mount::Volume {
+                name: DATA_VOLUME.into(),
+                target: "/snapshot".into(),
+            }],
+        );
+        let job = jobs::run_helper_job(&engine, &spec, "the backup's throwaway server").await?;
+        let Some((sha256, snap_size, _)) = job.files.first().cloned() else {
+            bail!("the backup's throwaway server did not report the snapshot's checksum; run the backup again");
+        };
         ui.info(&format!(
-            "  loaded into a throwaway server and written as an AOF directory in {:.1}s",
+            "  {} snapshot loaded into a throwaway server and summarised in {:.1}s",
+            human_bytes(snap_size),
             t.elapsed().as_secs_f64()
         ));
+        // The archive holds an AOF directory, as evi-state keeps its data
+        // (`appendonly yes`): the snapshot is its base, named by a manifest
+        // in Valkey's own format (`file NAME seq 1 type b`).
+        let base = format!("{aof_file}.1.base.rdb");
+        let aof_manifest = format!("file {base} seq 1 type b\n");
+        let data_file = |file: &str| format!("{}{aof_dir}/{file}", archive::DATA_PREFIX);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -112,35 +125,38 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
             settings_fingerprint: effective_hash(&conf),
             aof_dir: aof_dir.clone(),
             aof_file: aof_file.clone(),
-            files: job
-                .files
-                .iter()
-                .map(|(sha, size, file)| FileEntry {
-                    path: format!("{}{aof_dir}/{file}", archive::DATA_PREFIX),
-                    size: *size,
-                    sha256: sha.clone(),
-                })
-                .collect(),
+            files: vec![
+                FileEntry {
+                    path: data_file(&format!("{aof_file}.manifest")),
+                    size: aof_manifest.len() as u64,
+                    sha256: archive::sha256_hex(aof_manifest.as_bytes()),
+                },
+                FileEntry {
+                    path: data_file(&base),
+                    size: snap_size,
+                    sha256,
+                },
+            ],
             summary: job.summary.clone(),
         };
-        // 3. The AOF directory comes out of the throwaway into the archive.
+        // 4. The snapshot comes out of the volume (through evi-state, which
+        //    mounts it) into the archive, checked against the sha256 above.
         let t = Instant::now();
         let bar = progress(ui, manifest.data_size(), "writing the archive");
-        // Podman 4.3 has been seen to answer the first archive request for
-        // a container that has just exited with an empty tar: ask again.
         let mut attempt = 0;
         let size = loop {
             attempt += 1;
             let mut writer = ArchiveWriter::new(&dest_dir, &manifest)?;
+            writer.append_bytes(&manifest.files[0], aof_manifest.as_bytes())?;
             let (tx, rx) = tokio::sync::mpsc::channel(16);
-            let files = manifest.files.clone();
+            let want = manifest.files[1].clone();
             let bar2 = bar.clone();
             let write = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter> {
-                writer.append_tar(ChannelReader::new(rx), &files, |n| bar2.set_position(n))?;
+                writer.append_file(ChannelReader::new(rx), &want, |n| bar2.set_position(n))?;
                 Ok(writer)
             });
             let copied = engine
-                .copy_out(&name, &format!("/work/{aof_dir}"), tx)
+                .copy_out(STATE_CONTAINER, &format!("/data/{link}"), tx)
                 .await;
             let writer = write
                 .await
@@ -148,6 +164,8 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
             copied?;
             match writer {
                 Ok(writer) => break writer.persist(&dest)?,
+                // Podman 4.3 has been seen to answer an archive request with
+                // an empty tar now and then: ask again.
                 Err(e) if attempt < 3 && format!("{e:#}").contains("did not come out") => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
@@ -162,8 +180,9 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         Ok::<_, anyhow::Error>((manifest, size))
     }
     .await;
-    engine.remove_container(&name, 1).await?;
+    let unlinked = exec_state_args(&engine, scripts::UNLINK_SNAPSHOT, &[]).await;
     let (manifest, size) = result?;
+    unlinked?;
     jobs::fault_point("backup-written");
 
     let mut text = format!(
@@ -281,9 +300,14 @@ pub async fn require_state_running<E: Engine>(engine: &E) -> Result<()> {
 
 /// Runs a script in evi-state and returns its output (exit 0 required).
 pub async fn exec_state<E: Engine>(engine: &E, script: &str) -> Result<String> {
-    let out = engine
-        .exec(STATE_CONTAINER, &["sh", "-c", script], &[])
-        .await?;
+    exec_state_args(engine, script, &[]).await
+}
+
+/// Runs a script with arguments (`$1`…) in evi-state: its output (exit 0 required).
+pub async fn exec_state_args<E: Engine>(engine: &E, script: &str, args: &[&str]) -> Result<String> {
+    let mut argv = vec!["sh", "-c", script, "sh"];
+    argv.extend_from_slice(args);
+    let out = engine.exec(STATE_CONTAINER, &argv, &[]).await?;
     if out.exit_code != 0 {
         bail!(
             "a command in evi-state failed: {}",
