@@ -152,6 +152,13 @@ impl Summary {
     /// One line per namespace and stream, for plans and reports.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
+        out.extend(self.namespace_lines());
+        out.extend(self.stream_lines());
+        out
+    }
+
+    fn namespace_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
         for ns in ["cache:db:", "op:", "stream:", "other"] {
             let n = self.namespaces.get(ns).cloned().unwrap_or_default();
             let label = if ns == "other" {
@@ -164,6 +171,12 @@ impl Summary {
                 n.keys, n.with_ttl
             ));
         }
+        out
+    }
+
+    /// One line per stream: its length, last ID and groups.
+    pub fn stream_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
         for (key, st) in &self.streams {
             let groups: Vec<String> = st
                 .groups

@@ -4,12 +4,19 @@
 //! through any of them except the live summary's, which reads it from the
 //! mounted secret into valkey-cli's environment.
 
-/// One SCAN batch (ARGV[1] the cursor, ARGV[2] the count), summarised: the
-/// next cursor, then `n NS KEYS WITH_TTL FIRST_EXPIRY` per namespace, and for
-/// each stream `s` and per group `g` lines (names hex-encoded). A batch is
-/// about 1000 keys, so a live server is never held for long.
+/// One SCAN batch (ARGV[1] the cursor, ARGV[2] the count, ARGV[3] if given a
+/// type to keep), summarised: the next cursor, then `n NS KEYS WITH_TTL
+/// FIRST_EXPIRY` per namespace, and for each stream `s` and per group `g`
+/// lines (names hex-encoded). On the live evi-state it only ever runs with the
+/// type `stream`: `SCAN … TYPE` filters in the server, so a batch of 10,000
+/// keys costs milliseconds and no key but a stream is read from Lua.
 pub const SUMMARY_LUA: &str = r#"
-local r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local r
+if ARGV[3] then
+  r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]), 'TYPE', ARGV[3])
+else
+  r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]))
+end
 local out = {r[1]}
 local ns = {}
 local function hex(s) return (s:gsub('.', function(c) return string.format('%02x', c:byte()) end)) end
@@ -57,7 +64,7 @@ const SUMMARY_SH: &str = r#"
 summary() {
   cursor=0
   while :; do
-    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" "${EVI_BATCH:-1000}") || { echo "evi-error: summary failed: $out"; return 1; }
+    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" "${EVI_BATCH:-1000}" ${EVI_TYPE:+"$EVI_TYPE"}) || { echo "evi-error: summary failed: $out"; return 1; }
     cursor=$(printf '%s\n' "$out" | head -n 1)
     printf '%s\n' "$out" | sed 1d
     [ "$cursor" = 0 ] && break
@@ -84,11 +91,16 @@ isolated() {
 }
 "#;
 
-/// The summary of the live evi-state, authenticated from its secret.
-pub fn live_summary_script() -> String {
+/// What `restore` reads from the live evi-state, authenticated from its
+/// secret: its streams and groups (`SCAN … TYPE stream`), and its key counts
+/// from `INFO keyspace` (`evi-keyspace keys=N,expires=M,…`). Never a pass over
+/// every key: clients are using it.
+pub fn live_streams_script() -> String {
     format!(
         "{}\n\
-         SUMMARY_LUA=$(cat <<'EVI_LUA'\n{SUMMARY_LUA}\nEVI_LUA\n)\n{SUMMARY_SH}\nsummary\n",
+         SUMMARY_LUA=$(cat <<'EVI_LUA'\n{SUMMARY_LUA}\nEVI_LUA\n)\n{SUMMARY_SH}\n\
+         EVI_BATCH=10000 EVI_TYPE=stream summary || exit 1\n\
+         cli INFO keyspace | tr -d '\\r' | sed -n 's/^db0:/evi-keyspace /p'\n",
         crate::acl::ADMIN_CLI
     )
 }
@@ -268,7 +280,7 @@ mod tests {
     #[test]
     fn the_scripts_parse() {
         for (name, script) in [
-            ("live", live_summary_script()),
+            ("live", live_streams_script()),
             ("backup", backup_job()),
             ("verify", verify_job()),
             ("check", check_job("/etc/valkey.conf")),
@@ -290,7 +302,7 @@ mod tests {
 
     #[test]
     fn no_script_puts_a_password_in_an_argument() {
-        assert!(live_summary_script()
+        assert!(live_streams_script()
             .contains("REDISCLI_AUTH=\"$(cat /run/secrets/evi-admin-password)\""));
         for s in [
             backup_job(),
