@@ -1,18 +1,27 @@
 //! The archive file: a zstd-compressed tar whose first entry is
 //! `manifest.json`, followed by the data files under `data/`.
 //!
+//! `backup` knows the manifest only at the end (the summary comes from the
+//! throwaway server that loads the snapshot while the snapshot is copied), yet
+//! keeps it first: the data's zstd frame starts [`MANIFEST_ROOM`] bytes into
+//! the file, and at the end the manifest's own frame is written at offset 0,
+//! followed by a zstd *skippable frame* over the rest of that room (RFC 8878
+//! §3.1.2: a decoder skips it). The room is a hole in the file: no disk space.
+//! A reader sees one tar stream, manifest first, as in an archive written in
+//! one go; old archives read the same way.
+//!
 //! Reading never trusts the archive: the manifest is read first (a newer
 //! format is refused), then every data file is hashed and compared with the
 //! manifest before anything on the host changes.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{FileEntry, Manifest};
+use super::manifest::Manifest;
 use crate::render::hex;
 
 pub const MANIFEST_ENTRY: &str = "manifest.json";
@@ -20,6 +29,10 @@ pub const DATA_PREFIX: &str = "data/";
 /// zstd's fastest levels keep up with a disk; RDB strings are already LZF-compressed.
 const ZSTD_LEVEL: i32 = 1;
 const CHUNK: usize = 256 * 1024;
+/// Where the data's frame starts; the manifest's frame must fit before it.
+pub const MANIFEST_ROOM: u64 = 1024 * 1024;
+/// The magic number of a zstd skippable frame (RFC 8878 §3.1.2), little-endian.
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 
 type Entries = tar::Archive<zstd::Decoder<'static, BufReader<File>>>;
 
@@ -206,14 +219,15 @@ pub fn stream_data(
 }
 
 /// A new archive, written to a temporary file (mode 0600) beside its
-/// destination and renamed into place only when complete.
+/// destination and renamed into place only when complete. The data files go
+/// in first; [`ArchiveWriter::persist`] puts the manifest in front.
 pub struct ArchiveWriter {
     tmp_path: tempfile::TempPath,
     builder: tar::Builder<zstd::Encoder<'static, BufWriter<File>>>,
 }
 
 impl ArchiveWriter {
-    pub fn new(dir: &Path, manifest: &Manifest) -> Result<ArchiveWriter> {
+    pub fn new(dir: &Path) -> Result<ArchiveWriter> {
         let tmp = tempfile::Builder::new()
             .prefix(".evi-backup-")
             .tempfile_in(dir)
@@ -224,35 +238,34 @@ impl ArchiveWriter {
                     crate::settings::io_reason(&e)
                 )
             })?;
-        let (file, tmp_path) = tmp.into_parts();
+        let (mut file, tmp_path) = tmp.into_parts();
+        file.seek(SeekFrom::Start(MANIFEST_ROOM))
+            .context("write the archive")?;
         let mut encoder = zstd::Encoder::new(BufWriter::with_capacity(CHUNK, file), ZSTD_LEVEL)?;
         // A damaged frame then fails to decode instead of yielding other bytes.
         encoder.include_checksum(true)?;
-        let mut builder = tar::Builder::new(encoder);
-        let json = serde_json::to_vec_pretty(manifest)?;
-        let mut header = file_header(json.len() as u64, chrono::Utc::now().timestamp());
-        builder.append_data(&mut header, MANIFEST_ENTRY, json.as_slice())?;
-        Ok(ArchiveWriter { tmp_path, builder })
+        Ok(ArchiveWriter {
+            tmp_path,
+            builder: tar::Builder::new(encoder),
+        })
     }
 
-    /// Adds a file evi-install made itself (the AOF manifest), as `want.path`.
-    pub fn append_bytes(&mut self, want: &FileEntry, bytes: &[u8]) -> Result<()> {
+    /// Adds a file evi-install made itself (the AOF manifest), as `path`.
+    pub fn append_bytes(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
         let mut header = file_header(bytes.len() as u64, chrono::Utc::now().timestamp());
         self.builder
-            .append_data(&mut header, &want.path, bytes)
+            .append_data(&mut header, path, bytes)
             .context("write the archive")
     }
 
     /// Copies the one regular file of a tar stream (Podman's archive of a
-    /// single file) in as `want.path`, hashing it on the way: it must match
-    /// `want`'s size and sha256, which the throwaway server computed on the
-    /// file it loaded.
+    /// single file) in as `path`, hashing it on the way: its sha256 and size.
     pub fn append_file(
         &mut self,
         source: impl Read,
-        want: &FileEntry,
+        path: &str,
         mut progress: impl FnMut(u64),
-    ) -> Result<()> {
+    ) -> Result<(String, u64)> {
         let mut source = tar::Archive::new(source);
         let mut done = 0u64;
         for entry in source.entries().context("read the snapshot from Podman")? {
@@ -268,31 +281,25 @@ impl ArchiveWriter {
                 progress: &mut progress,
             };
             self.builder
-                .append_data(&mut header, &want.path, counted)
+                .append_data(&mut header, path, counted)
                 .context("write the archive")?;
-            let (sha, size) = reader.finish();
-            if sha != want.sha256 || size != want.size {
-                bail!(
-                    "`{}` changed on its way out of the container (checksum); run the backup again",
-                    want.path
-                );
-            }
-            return Ok(());
+            return Ok(reader.finish());
         }
-        bail!(
-            "`{}` did not come out of the container; run the backup again",
-            want.path
-        )
+        bail!("`{path}` did not come out of the container; run the backup again")
     }
 
-    /// Finishes the archive, syncs it and renames it to `dest`.
-    pub fn persist(self, dest: &Path) -> Result<u64> {
+    /// Finishes the data, puts `manifest` in front of it, syncs the file and
+    /// renames it to `dest`: the archive's size.
+    pub fn persist(self, manifest: &Manifest, dest: &Path) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
         let encoder = self.builder.into_inner().context("write the archive")?;
         let file = encoder
             .finish()
             .context("write the archive")?
             .into_inner()
             .map_err(|e| anyhow!("write the archive: {}", e.error()))?;
+        let front = manifest_frame(manifest)?;
+        file.write_all_at(&front, 0).context("write the archive")?;
         file.sync_all().context("sync the archive")?;
         let size = file.metadata()?.len();
         drop(file);
@@ -308,6 +315,34 @@ impl ArchiveWriter {
         }
         Ok(size)
     }
+}
+
+/// The first [`MANIFEST_ROOM`] bytes of an archive but the hole: a zstd frame
+/// holding the manifest's tar entry (header and contents, no end-of-archive
+/// marker: the data's entries follow), then the header of a skippable frame
+/// that covers the rest of the room.
+fn manifest_frame(manifest: &Manifest) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec_pretty(manifest)?;
+    let mut header = file_header(json.len() as u64, chrono::Utc::now().timestamp());
+    header.set_path(MANIFEST_ENTRY)?;
+    header.set_cksum();
+    let mut entry = header.as_bytes().to_vec();
+    entry.extend_from_slice(&json);
+    entry.resize(entry.len().div_ceil(512) * 512, 0);
+    let mut encoder = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+    encoder.include_checksum(true)?;
+    encoder.write_all(&entry)?;
+    let mut front = encoder.finish()?;
+    let used = front.len() as u64 + 8;
+    if used > MANIFEST_ROOM {
+        bail!(
+            "the manifest is too large for the archive ({used} bytes compressed, at most {MANIFEST_ROOM}); report this"
+        );
+    }
+    let skipped = (MANIFEST_ROOM - used) as u32;
+    front.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+    front.extend_from_slice(&skipped.to_le_bytes());
+    Ok(front)
 }
 
 /// The sha256 of `bytes`, in hex, as the manifest records it.
@@ -440,6 +475,7 @@ impl Write for ChannelWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::manifest::FileEntry;
     use crate::backup::manifest::{Summary, FORMAT_VERSION};
 
     fn manifest(files: Vec<FileEntry>) -> Manifest {
@@ -484,29 +520,53 @@ mod tests {
             entry("data/appendonlydir/appendonly.aof.manifest", AOF_MANIFEST),
             entry("data/appendonlydir/appendonly.aof.1.base.rdb", &data),
         ]);
-        let mut w = ArchiveWriter::new(dir, &m).unwrap();
-        w.append_bytes(&m.files[0], AOF_MANIFEST).unwrap();
+        let mut w = ArchiveWriter::new(dir).unwrap();
+        w.append_bytes(&m.files[0].path, AOF_MANIFEST).unwrap();
         let src = one_file_tar(".evi-backup-1.rdb", &data);
-        w.append_file(src.as_slice(), &m.files[1], |_| {}).unwrap();
+        let got = w
+            .append_file(src.as_slice(), &m.files[1].path, |_| {})
+            .unwrap();
+        assert_eq!(got, (m.files[1].sha256.clone(), m.files[1].size));
         let path = dir.join("b.tar.zst");
-        w.persist(&path).unwrap();
+        w.persist(&m, &path).unwrap();
         (path, m)
     }
 
     #[test]
-    fn a_snapshot_that_differs_from_what_was_loaded_is_refused() {
+    fn an_empty_answer_from_podman_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let want = entry(
-            "data/appendonlydir/appendonly.aof.1.base.rdb",
-            b"REDIS0011 a",
-        );
-        let mut w = ArchiveWriter::new(tmp.path(), &manifest(vec![want.clone()])).unwrap();
-        let src = one_file_tar(".evi-backup-1.rdb", b"REDIS0011 b");
-        let err = w.append_file(src.as_slice(), &want, |_| {}).unwrap_err();
-        assert!(err.to_string().contains("changed on its way out"), "{err}");
+        let mut w = ArchiveWriter::new(tmp.path()).unwrap();
         let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
-        let err = w.append_file(empty.as_slice(), &want, |_| {}).unwrap_err();
+        let err = w
+            .append_file(empty.as_slice(), "data/x", |_| {})
+            .unwrap_err();
         assert!(err.to_string().contains("did not come out"), "{err}");
+    }
+
+    #[test]
+    fn the_manifest_goes_in_front_of_the_data_in_its_own_frame() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, m) = write_sample(tmp.path());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame first");
+        // Where the data's frame starts, a zstd frame too; before it, the hole.
+        let room = MANIFEST_ROOM as usize;
+        assert_eq!(&bytes[room..room + 4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        assert!(bytes[room - 1024..room].iter().all(|b| *b == 0));
+        // The room costs (almost) no disk blocks.
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.blocks() * 512 < meta.len(), "{} blocks", meta.blocks());
+        // One stream to a zstd decoder, manifest first.
+        let names: Vec<String> = open(&path)
+            .unwrap()
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names[0], MANIFEST_ENTRY);
+        assert_eq!(names.len(), 3);
+        assert_eq!(read_manifest(&path).unwrap(), m);
     }
 
     #[test]

@@ -151,10 +151,12 @@ echo evi-done
 /// rename, never the file under this name). Names left by an interrupted
 /// backup are removed first; backups hold the host lock, so none is in use.
 /// Arguments: the snapshot's file name (`dbfilename`), the second name.
+/// Prints the file's size.
 pub const LINK_SNAPSHOT: &str = r#"set -eu
 cd /data
 rm -f .evi-backup-*.rdb
 ln "$1" "$2"
+stat -c %s "$2"
 "#;
 
 /// Removes the second names of the snapshot (after the backup, whatever happened).

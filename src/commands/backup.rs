@@ -4,7 +4,7 @@
 //! archive into a throwaway server and compares it with its manifest.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -86,37 +86,78 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         jobs::conf_value(&conf, "appendfilename").unwrap_or_else(|| "appendonly.aof".into());
     let rdb = jobs::conf_value(&conf, "dbfilename").unwrap_or_else(|| "dump.rdb".into());
     let link = format!(".evi-backup-{}.rdb", std::process::id());
-    exec_state_args(&engine, scripts::LINK_SNAPSHOT, &[&rdb, &link]).await?;
+    let snap_size: u64 = exec_state_args(&engine, scripts::LINK_SNAPSHOT, &[&rdb, &link])
+        .await?
+        .trim()
+        .parse()
+        .unwrap_or(0);
     let name = format!("evi-backup-{}", std::process::id());
+    // The archive holds an AOF directory, as evi-state keeps its data
+    // (`appendonly yes`): the snapshot is its base, named by a manifest in
+    // Valkey's own format (`file NAME seq 1 type b`).
+    let base = format!("{aof_file}.1.base.rdb");
+    let aof_manifest = format!("file {base} seq 1 type b\n");
+    let data_file = |file: &str| format!("{}{aof_dir}/{file}", archive::DATA_PREFIX);
+    let aof_manifest_path = data_file(&format!("{aof_file}.manifest"));
+    let base_path = data_file(&base);
+    let spec = jobs::throwaway(
+        &name,
+        &settings.services.evi_state.image,
+        &scripts::backup_job(),
+        &[&link],
+        vec![Mount::Volume {
+            name: DATA_VOLUME.into(),
+            target: "/snapshot".into(),
+        }],
+    );
     let result = async {
-        // 3. A throwaway server on no network loads exactly that file and
-        //    summarises it; the file's sha256 is taken at the same time.
+        // 3. At the same time: a throwaway server on no network loads exactly
+        //    that file and summarises it (taking its sha256 as it loads), and
+        //    the file comes out of the volume (through evi-state, which mounts
+        //    it) into the archive, hashed on the way. Both run to their end,
+        //    so the throwaway is always removed.
         let t = Instant::now();
-        let spec = jobs::throwaway(
-            &name,
-            &settings.services.evi_state.image,
-            &scripts::backup_job(),
-            &[&link],
-            vec![Mount::Volume {
-                name: DATA_VOLUME.into(),
-                target: "/snapshot".into(),
-            }],
-        );
-        let job = jobs::run_helper_job(&engine, &spec, "the backup's throwaway server").await?;
-        let Some((sha256, snap_size, _)) = job.files.first().cloned() else {
-            bail!("the backup's throwaway server did not report the snapshot's checksum; run the backup again");
+        let bar = progress(ui, snap_size, "writing the archive");
+        let load = async {
+            let job = jobs::run_helper_job(&engine, &spec, "the backup's throwaway server").await;
+            if job.is_ok() {
+                ui.info(&format!(
+                    "  snapshot loaded into a throwaway server and summarised in {:.1}s",
+                    t.elapsed().as_secs_f64()
+                ));
+            }
+            job
         };
+        let copy = async {
+            let mut writer = ArchiveWriter::new(&dest_dir)?;
+            writer.append_bytes(&aof_manifest_path, aof_manifest.as_bytes())?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (path, bar2) = (base_path.clone(), bar.clone());
+            let write = tokio::task::spawn_blocking(move || -> Result<_> {
+                let got = writer.append_file(ChannelReader::new(rx), &path, |n| bar2.set_position(n))?;
+                Ok((writer, got))
+            });
+            let copied = engine
+                .copy_out(STATE_CONTAINER, &format!("/data/{link}"), tx)
+                .await;
+            let written = write
+                .await
+                .map_err(|e| anyhow!("writing the archive stopped: {e}"))?;
+            copied?;
+            written
+        };
+        let (job, written) = tokio::join!(load, copy);
+        let (job, (writer, (sha256, size))) = (job?, written?);
+        bar.finish_and_clear();
+        match job.files.first() {
+            Some((sha, n, _)) if *sha == sha256 && *n == size => {}
+            _ => bail!("the snapshot in the archive is not the one the throwaway server loaded (checksum); run the backup again"),
+        }
         ui.info(&format!(
-            "  {} snapshot loaded into a throwaway server and summarised in {:.1}s",
-            human_bytes(snap_size),
+            "  {} snapshot archived in {:.1}s",
+            human_bytes(size),
             t.elapsed().as_secs_f64()
         ));
-        // The archive holds an AOF directory, as evi-state keeps its data
-        // (`appendonly yes`): the snapshot is its base, named by a manifest
-        // in Valkey's own format (`file NAME seq 1 type b`).
-        let base = format!("{aof_file}.1.base.rdb");
-        let aof_manifest = format!("file {base} seq 1 type b\n");
-        let data_file = |file: &str| format!("{}{aof_dir}/{file}", archive::DATA_PREFIX);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -127,57 +168,20 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
             aof_file: aof_file.clone(),
             files: vec![
                 FileEntry {
-                    path: data_file(&format!("{aof_file}.manifest")),
+                    path: aof_manifest_path.clone(),
                     size: aof_manifest.len() as u64,
                     sha256: archive::sha256_hex(aof_manifest.as_bytes()),
                 },
                 FileEntry {
-                    path: data_file(&base),
-                    size: snap_size,
+                    path: base_path.clone(),
+                    size,
                     sha256,
                 },
             ],
             summary: job.summary.clone(),
         };
-        // 4. The snapshot comes out of the volume (through evi-state, which
-        //    mounts it) into the archive, checked against the sha256 above.
-        let t = Instant::now();
-        let bar = progress(ui, manifest.data_size(), "writing the archive");
-        let mut attempt = 0;
-        let size = loop {
-            attempt += 1;
-            let mut writer = ArchiveWriter::new(&dest_dir, &manifest)?;
-            writer.append_bytes(&manifest.files[0], aof_manifest.as_bytes())?;
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            let want = manifest.files[1].clone();
-            let bar2 = bar.clone();
-            let write = tokio::task::spawn_blocking(move || -> Result<ArchiveWriter> {
-                writer.append_file(ChannelReader::new(rx), &want, |n| bar2.set_position(n))?;
-                Ok(writer)
-            });
-            let copied = engine
-                .copy_out(STATE_CONTAINER, &format!("/data/{link}"), tx)
-                .await;
-            let writer = write
-                .await
-                .map_err(|e| anyhow!("writing the archive stopped: {e}"))?;
-            copied?;
-            match writer {
-                Ok(writer) => break writer.persist(&dest)?,
-                // Podman 4.3 has been seen to answer an archive request with
-                // an empty tar now and then: ask again.
-                Err(e) if attempt < 3 && format!("{e:#}").contains("did not come out") => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        bar.finish_and_clear();
-        ui.info(&format!(
-            "  archive written in {:.1}s",
-            t.elapsed().as_secs_f64()
-        ));
-        Ok::<_, anyhow::Error>((manifest, size))
+        let archive_size = writer.persist(&manifest, &dest)?;
+        Ok::<_, anyhow::Error>((manifest, archive_size))
     }
     .await;
     let unlinked = exec_state_args(&engine, scripts::UNLINK_SNAPSHOT, &[]).await;
