@@ -21,7 +21,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::manifest::Manifest;
+use super::manifest::{FileEntry, Manifest};
 use crate::render::hex;
 
 pub const MANIFEST_ENTRY: &str = "manifest.json";
@@ -104,10 +104,18 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
     })
 }
 
-/// Reads the whole archive and checks every data file against the
-/// manifest: name, size and sha256, and that none is missing or extra.
-/// `progress` gets the bytes read so far.
-pub fn check(path: &Path, manifest: &Manifest, mut progress: impl FnMut(u64)) -> Result<()> {
+/// Reads the archive's data files in order, each through `sink` (given its
+/// manifest entry, its path under `data/` and a reader of its bytes), and
+/// checks each against the manifest as it goes: listed, size and sha256,
+/// and at the end that none is missing. A file fails its check only after
+/// the sink has had its bytes: whoever writes them somewhere must drop them
+/// on error. `progress` gets the bytes read so far.
+fn each_data_file(
+    path: &Path,
+    manifest: &Manifest,
+    mut progress: impl FnMut(u64),
+    mut sink: impl FnMut(&FileEntry, &Path, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
     let mut archive = open(path)?;
     let mut seen = Vec::new();
     let mut done = 0u64;
@@ -116,30 +124,38 @@ pub fn check(path: &Path, manifest: &Manifest, mut progress: impl FnMut(u64)) ->
         .map_err(|e| corrupted(path, &e.to_string()))?;
     for (i, entry) in entries.enumerate() {
         let entry = entry.map_err(|e| corrupted(path, &e.to_string()))?;
+        if i == 0 || entry.header().entry_type().is_dir() {
+            continue; // the manifest, read already
+        }
         let name = entry
             .path()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        if i == 0 {
-            continue; // the manifest, read already
-        }
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
         let Some(want) = manifest.files.iter().find(|f| f.path == name) else {
             return Err(corrupted(path, &format!("`{name}` is not in its manifest")));
         };
+        // Only plain relative names under data/: they become paths on the host.
+        let rel = Path::new(name.strip_prefix(DATA_PREFIX).unwrap_or(""));
+        if rel.as_os_str().is_empty()
+            || !rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(corrupted(
+                path,
+                &format!("`{name}` is not a file under data/"),
+            ));
+        }
         let mut reader = Hashing::new(entry);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader
-                .read(&mut buf)
+        {
+            let mut counted = Counting {
+                inner: &mut reader,
+                done: &mut done,
+                progress: &mut progress,
+            };
+            sink(want, rel, &mut counted)?;
+            std::io::copy(&mut counted, &mut std::io::sink())
                 .map_err(|e| corrupted(path, &e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            done += n as u64;
-            progress(done);
         }
         let (sha, size) = reader.finish();
         if sha != want.sha256 || size != want.size {
@@ -156,61 +172,59 @@ pub fn check(path: &Path, manifest: &Manifest, mut progress: impl FnMut(u64)) ->
     Ok(())
 }
 
-/// Writes the archive's data files as a plain tar to `out`, each under
-/// `root` instead of `data/`, and, with `sums`, a `SHA256SUMS` file there
-/// (`sha256sum -c` format) so the receiving side can check what arrived.
-pub fn stream_data(
+/// Reads the whole archive and checks every data file against the
+/// manifest: name, size and sha256, and that none is missing or extra.
+pub fn check(path: &Path, manifest: &Manifest, progress: impl FnMut(u64)) -> Result<()> {
+    each_data_file(path, manifest, progress, |_, _, _| Ok(()))
+}
+
+/// Writes the archive's data files under `dest` (their paths under `data/`),
+/// each checked against the manifest as it is written. `dest` must be a new,
+/// private directory, which the caller removes if this fails.
+pub fn unpack_data(
     path: &Path,
     manifest: &Manifest,
-    root: &str,
-    sums: bool,
-    out: impl Write,
+    dest: &Path,
+    progress: impl FnMut(u64),
 ) -> Result<()> {
-    let mut archive = open(path)?;
-    let mut builder = tar::Builder::new(out);
-    for entry in archive
-        .entries()
-        .map_err(|e| corrupted(path, &e.to_string()))?
-        .skip(1)
-    {
-        let entry = entry.map_err(|e| corrupted(path, &e.to_string()))?;
-        let name = entry
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let Some(rel) = name.strip_prefix(DATA_PREFIX) else {
-            continue;
+    each_data_file(path, manifest, progress, |_, rel, reader| {
+        let target = dest.join(rel);
+        let mut write = || -> std::io::Result<()> {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = BufWriter::with_capacity(CHUNK, File::create(&target)?);
+            std::io::copy(reader, &mut file)?;
+            file.into_inner()?.sync_all()
         };
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(entry.size());
-        header.set_mode(0o644);
-        header.set_mtime(entry.header().mtime().unwrap_or(0));
-        builder
-            .append_data(&mut header, format!("{root}{rel}"), entry)
-            .context("send the archive's files")?;
-    }
-    if sums {
-        let text: String = manifest
-            .files
-            .iter()
-            .filter_map(|f| {
-                Some(format!(
-                    "{}  {}\n",
-                    f.sha256,
-                    f.path.strip_prefix(DATA_PREFIX)?
-                ))
-            })
-            .collect();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        builder
-            .append_data(&mut header, format!("{root}SHA256SUMS"), text.as_bytes())
-            .context("send the archive's checksums")?;
-    }
+        write().map_err(|e| {
+            anyhow!(
+                "cannot unpack {} into {}: {}",
+                rel.display(),
+                dest.display(),
+                crate::settings::io_reason(&e)
+            )
+        })
+    })
+}
+
+/// Writes the archive's data files as a plain tar to `out`, each under
+/// `root` instead of `data/`, each checked against the manifest on the way
+/// (a mismatch fails the stream, and the receiving side drops what it got).
+pub fn stream_data(path: &Path, manifest: &Manifest, root: &str, out: impl Write) -> Result<()> {
+    let mut builder = tar::Builder::new(out);
+    each_data_file(
+        path,
+        manifest,
+        |_| {},
+        |want, rel, reader| {
+            let mut header = file_header(want.size, 0);
+            header.set_mode(0o644);
+            builder
+                .append_data(&mut header, format!("{root}{}", rel.display()), reader)
+                .context("send the archive's files")
+        },
+    )?;
     builder
         .into_inner()
         .context("send the archive's files")?
@@ -475,7 +489,6 @@ impl Write for ChannelWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::FileEntry;
     use crate::backup::manifest::{Summary, FORMAT_VERSION};
 
     fn manifest(files: Vec<FileEntry>) -> Manifest {
@@ -533,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn unpacking_writes_the_data_files_and_refuses_a_checksum_mismatch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, m) = write_sample(tmp.path());
+        let dest = tmp.path().join("out");
+        unpack_data(&path, &m, &dest, |_| {}).unwrap();
+        assert_eq!(
+            std::fs::read(dest.join("appendonlydir/appendonly.aof.manifest")).unwrap(),
+            AOF_MANIFEST
+        );
+        let mut other = m.clone();
+        other.files[1].sha256 = "0".repeat(64);
+        let err = unpack_data(&path, &other, &tmp.path().join("out2"), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("checksum of"), "{err}");
+        // A manifest entry outside data/ is refused before anything is written.
+        let mut outside = m.clone();
+        outside.files[0].path = "data/../x".into();
+        let err = check(&path, &outside, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("not in its manifest"), "{err}");
+    }
+
+    #[test]
     fn an_empty_answer_from_podman_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = ArchiveWriter::new(tmp.path()).unwrap();
@@ -581,7 +615,7 @@ mod tests {
         assert_eq!(read_manifest(&path).unwrap(), m);
         check(&path, &m, |_| {}).unwrap();
         let mut out = Vec::new();
-        stream_data(&path, &m, "x/", true, &mut out).unwrap();
+        stream_data(&path, &m, "x/", &mut out).unwrap();
         let names: Vec<String> = tar::Archive::new(out.as_slice())
             .entries()
             .unwrap()
@@ -592,7 +626,6 @@ mod tests {
             [
                 "x/appendonlydir/appendonly.aof.manifest",
                 "x/appendonlydir/appendonly.aof.1.base.rdb",
-                "x/SHA256SUMS"
             ]
         );
         let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();

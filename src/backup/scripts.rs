@@ -204,9 +204,10 @@ echo evi-done
 /// The restore helper, run as root in a container that mounts evi-state's
 /// volume at /data. One action per run; each can be run again after an
 /// interruption. Everything it keeps is under /data/.evi-restore:
-/// - `partial/`: the archive's files as they arrive; `stage` checks their
-///   sha256, gives them to the server's user and renames the directory to
-///   `incoming/` (with `new.list`, the entries it holds);
+/// - `partial/`: the archive's files as they arrive (evi-install checks each
+///   against its sha256 as it sends it); `stage` gives them to the server's
+///   user and renames the directory to `incoming/` (with `new.list`, the
+///   entries it holds);
 /// - `swap` moves each live entry (the AOF directory, dump.rdb) into
 ///   `rollback/` and the new one into /data, one rename each;
 /// - `rollback` undoes a swap, complete or not; `discard` and `finish`
@@ -228,8 +229,6 @@ case "$action" in
   stage)
     rm -rf "$R/incoming" "$R/new.list"
     cd "$R/partial"
-    sha256sum -c --quiet SHA256SUMS || { say "the staged files do not match the archive's checksums"; exit 3; }
-    rm SHA256SUMS
     if [ "$4" = rdb ]; then
       base=$(awk '$6 == "b" { print $2 }' "$aofdir/$aoffile.manifest")
       [ -n "$base" ] && cp "$aofdir/$base" dump.rdb.tmp && mv dump.rdb.tmp dump.rdb

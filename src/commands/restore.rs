@@ -141,7 +141,6 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
             file,
             &manifest,
             ".evi-restore/partial/",
-            true,
         )
         .await?;
         let (code, out) = jobs::run_to_end(&engine, HELPER_CONTAINER, jobs::JOB_LIMIT).await?;
@@ -155,7 +154,11 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
     }
     .await;
     engine.remove_container(HELPER_CONTAINER, 1).await?;
-    staged?;
+    if let Err(e) = staged {
+        // Nothing was swapped: drop what arrived; evi-state kept serving.
+        let _ = jobs::run_helper(&engine, &helper("discard")).await;
+        bail!("restore failed: {e:#}; evi-state was not stopped and keeps its data");
+    }
     step("stage", t);
     crate::interrupt::check(&["prepare".into(), "stage".into()], &["check".into()])?;
 
