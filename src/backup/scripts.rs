@@ -4,16 +4,20 @@
 //! through any of them except the live summary's, which reads it from the
 //! mounted secret into valkey-cli's environment.
 
-/// One SCAN batch (ARGV[1] the cursor, ARGV[2] the count, ARGV[3] if given a
-/// type to keep), summarised: the next cursor, then `n NS KEYS WITH_TTL
-/// FIRST_EXPIRY` per namespace, and for each stream `s` and per group `g`
-/// lines (names hex-encoded). On the live evi-state it only ever runs with the
-/// type `stream`: `SCAN … TYPE` filters in the server, so a batch of 10,000
-/// keys costs milliseconds and no key but a stream is read from Lua.
+/// One SCAN batch (ARGV[1] the cursor, ARGV[2] the count), summarised in
+/// one of two passes (ARGV[3]):
+/// - `keys`: the next cursor, then `n NS KEYS WITH_TTL FIRST_EXPIRY` per
+///   namespace: one `PEXPIRETIME` per key, nothing else;
+/// - `stream`: `SCAN … TYPE stream` (the filter runs in the server, so a
+///   batch costs milliseconds however many other keys there are), then for
+///   each stream an `s` line and per group a `g` line (names hex-encoded).
+///
+/// The live evi-state only ever gets the `stream` pass, in batches of 10,000.
 pub const SUMMARY_LUA: &str = r#"
+local streams = ARGV[3] == 'stream'
 local r
-if ARGV[3] then
-  r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]), 'TYPE', ARGV[3])
+if streams then
+  r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]), 'TYPE', 'stream')
 else
   r = redis.call('SCAN', ARGV[1], 'COUNT', tonumber(ARGV[2]))
 end
@@ -22,35 +26,36 @@ local ns = {}
 local function hex(s) return (s:gsub('.', function(c) return string.format('%02x', c:byte()) end)) end
 local function num(x) return string.format('%.0f', x) end
 for _, k in ipairs(r[2]) do
-  local n = 'other'
-  if k:sub(1, 9) == 'cache:db:' then n = 'cache:db:'
-  elseif k:sub(1, 3) == 'op:' then n = 'op:'
-  elseif k:sub(1, 7) == 'stream:' then n = 'stream:' end
-  local a = ns[n] or {0, 0, -1}
-  local e = redis.call('PEXPIRETIME', k)
-  if e ~= -2 then
-    a[1] = a[1] + 1
-    if e >= 0 then
-      a[2] = a[2] + 1
-      if a[3] < 0 or e < a[3] then a[3] = e end
-    end
-    ns[n] = a
-    if redis.call('TYPE', k)['ok'] == 'stream' then
-      local info = redis.call('XINFO', 'STREAM', k)
-      local f = {}
-      for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
-      out[#out + 1] = 's ' .. hex(k) .. ' ' .. num(f['length']) .. ' ' .. f['last-generated-id'] .. ' ' .. num(f['entries-added'] or 0)
-      for _, g in ipairs(redis.call('XINFO', 'GROUPS', k)) do
-        local gf = {}
-        for i = 1, #g, 2 do gf[g[i]] = g[i + 1] end
-        local buf = {}
-        if gf['pending'] > 0 then
-          for _, p in ipairs(redis.call('XPENDING', k, gf['name'], '-', '+', gf['pending'])) do
-            buf[#buf + 1] = p[1] .. ' ' .. p[2] .. ' ' .. num(p[4])
-          end
-        end
-        out[#out + 1] = 'g ' .. hex(k) .. ' ' .. hex(gf['name']) .. ' ' .. num(gf['consumers']) .. ' ' .. num(gf['pending']) .. ' ' .. gf['last-delivered-id'] .. ' ' .. redis.sha1hex(table.concat(buf, '\n'))
+  if not streams then
+    local n = 'other'
+    if k:sub(1, 9) == 'cache:db:' then n = 'cache:db:'
+    elseif k:sub(1, 3) == 'op:' then n = 'op:'
+    elseif k:sub(1, 7) == 'stream:' then n = 'stream:' end
+    local a = ns[n] or {0, 0, -1}
+    local e = redis.call('PEXPIRETIME', k)
+    if e ~= -2 then
+      a[1] = a[1] + 1
+      if e >= 0 then
+        a[2] = a[2] + 1
+        if a[3] < 0 or e < a[3] then a[3] = e end
       end
+      ns[n] = a
+    end
+  else
+    local info = redis.call('XINFO', 'STREAM', k)
+    local f = {}
+    for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+    out[#out + 1] = 's ' .. hex(k) .. ' ' .. num(f['length']) .. ' ' .. f['last-generated-id'] .. ' ' .. num(f['entries-added'] or 0)
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', k)) do
+      local gf = {}
+      for i = 1, #g, 2 do gf[g[i]] = g[i + 1] end
+      local buf = {}
+      if gf['pending'] > 0 then
+        for _, p in ipairs(redis.call('XPENDING', k, gf['name'], '-', '+', gf['pending'])) do
+          buf[#buf + 1] = p[1] .. ' ' .. p[2] .. ' ' .. num(p[4])
+        end
+      end
+      out[#out + 1] = 'g ' .. hex(k) .. ' ' .. hex(gf['name']) .. ' ' .. num(gf['consumers']) .. ' ' .. num(gf['pending']) .. ' ' .. gf['last-delivered-id'] .. ' ' .. redis.sha1hex(table.concat(buf, '\n'))
     end
   end
 end
@@ -64,7 +69,7 @@ const SUMMARY_SH: &str = r#"
 summary() {
   cursor=0
   while :; do
-    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" "${EVI_BATCH:-1000}" ${EVI_TYPE:+"$EVI_TYPE"}) || { echo "evi-error: summary failed: $out"; return 1; }
+    out=$(cli EVAL "$SUMMARY_LUA" 0 "$cursor" "$EVI_BATCH" "$EVI_PASS") || { echo "evi-error: summary failed: $out"; return 1; }
     cursor=$(printf '%s\n' "$out" | head -n 1)
     printf '%s\n' "$out" | sed 1d
     [ "$cursor" = 0 ] && break
@@ -87,7 +92,8 @@ stop_server() {
 # A throwaway server serves no one: its summary runs in batches of 50,000 keys.
 isolated() {
   printf 'evi-version %s\n' "$(cli INFO server | sed -n 's/^valkey_version:\([^\r]*\).*/\1/p')"
-  EVI_BATCH=50000 summary || return 1
+  EVI_BATCH=50000 EVI_PASS=keys summary || return 1
+  EVI_BATCH=50000 EVI_PASS=stream summary || return 1
 }
 "#;
 
@@ -99,7 +105,7 @@ pub fn live_streams_script() -> String {
     format!(
         "{}\n\
          SUMMARY_LUA=$(cat <<'EVI_LUA'\n{SUMMARY_LUA}\nEVI_LUA\n)\n{SUMMARY_SH}\n\
-         EVI_BATCH=10000 EVI_TYPE=stream summary || exit 1\n\
+         EVI_BATCH=10000 EVI_PASS=stream summary || exit 1\n\
          cli INFO keyspace | tr -d '\\r' | sed -n 's/^db0:/evi-keyspace /p'\n",
         crate::acl::ADMIN_CLI
     )
