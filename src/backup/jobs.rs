@@ -80,6 +80,14 @@ pub async fn run_to_end<E: Engine>(
     limit: Duration,
 ) -> Result<(i64, String)> {
     engine.start_container(name).await?;
+    // Podman's own wait (checked every 20 ms) ends the moment the job does;
+    // polling the state from here would add up to its longest pause.
+    if tokio::time::timeout(limit, engine.wait_exited(name))
+        .await
+        .is_err()
+    {
+        bail!("{name} did not finish within {}s", limit.as_secs());
+    }
     let mut poll = Poll::new(limit);
     let mut failures = 0;
     loop {

@@ -81,8 +81,8 @@ summary() {
 wait_loaded() {
   i=0
   while [ "$(cli PING 2>/dev/null)" != PONG ]; do
-    i=$((i + 1)); [ "$i" -gt 36000 ] && { echo "evi-error: the server did not load the data"; return 1; }
-    sleep 0.1
+    i=$((i + 1)); [ "$i" -gt 72000 ] && { echo "evi-error: the server did not load the data"; return 1; }
+    sleep 0.05
   done
 }
 stop_server() {
