@@ -173,6 +173,16 @@ evi_rootless_test() {
 evi_rootless_stop() {
     id "$EVI_RL_USER" >/dev/null 2>&1 || return 0
     local signal waited
+    # The tests leave the last stack up, with restart policies: killed under
+    # it, evi-state would be restarted by its conmon's cleanup again and again
+    # (seen: a restart loop eating a core for the rest of the run). Remove
+    # the user's containers first, then stop every process of the user.
+    # Twice: Podman 4.3 leaves a container whose namespace another one used
+    # (evi-state-addr) on the first pass. After a killed pause process Podman
+    # asks for `system migrate` first.
+    evi_rl_as_user timeout 120 podman rm -a -f -t 0 >/dev/null 2>&1 ||
+        evi_rl_as_user timeout 60 podman system migrate >/dev/null 2>&1 || true
+    evi_rl_as_user timeout 120 podman rm -a -f -t 0 >/dev/null 2>&1 || true
     for signal in TERM KILL; do
         pkill "-$signal" -u "$EVI_RL_USER" 2>/dev/null || return 0
         waited=0
