@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::manifest::Summary;
+use super::manifest::{Namespace, Summary, ALL_KEYS};
 use crate::apply::Poll;
 use crate::desired::owned_labels;
 use crate::engine::Engine;
@@ -152,6 +152,47 @@ pub struct JobOutput {
     /// `(sha256, size, name)` of each file it made.
     pub files: Vec<(String, u64, String)>,
     pub aof_enabled: Option<bool>,
+    /// Key counts from `INFO keyspace` (`isolated totals`).
+    pub keyspace: Option<Keyspace>,
+}
+
+impl JobOutput {
+    /// The streams it summarised, with the key counts of `INFO keyspace` as
+    /// the one namespace [`ALL_KEYS`]: to compare with a manifest's
+    /// [`Summary::totals`].
+    pub fn totals(&self) -> Summary {
+        let k = self.keyspace.unwrap_or_default();
+        let mut s = self.summary.clone();
+        s.namespaces = std::collections::BTreeMap::from([(
+            ALL_KEYS.to_string(),
+            Namespace {
+                keys: k.keys,
+                with_ttl: k.with_ttl,
+            },
+        )]);
+        s
+    }
+}
+
+/// A server's key count and how many of its keys have a TTL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Keyspace {
+    pub keys: u64,
+    pub with_ttl: u64,
+}
+
+/// Reads `keys=N,expires=M,avg_ttl=…`, db0's line of `INFO keyspace`
+/// (<https://valkey.io/commands/info/>). A server with no key has no line.
+pub fn parse_keyspace(fields: &str) -> Keyspace {
+    let mut k = Keyspace::default();
+    for field in fields.trim().split(',') {
+        match field.split_once('=') {
+            Some(("keys", n)) => k.keys = n.parse().unwrap_or(0),
+            Some(("expires", n)) => k.with_ttl = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    k
 }
 
 pub fn parse_job(name: &str, code: i64, out: &str) -> Result<JobOutput> {
@@ -185,6 +226,8 @@ pub fn parse_job(name: &str, code: i64, out: &str) -> Result<JobOutput> {
                 .parse()
                 .map_err(|_| anyhow!("{name}: unexpected line `{line}`"))?;
             job.files.push((sha.to_string(), size, file.to_string()));
+        } else if let Some(v) = line.strip_prefix("evi-keyspace ") {
+            job.keyspace = Some(parse_keyspace(v));
         } else if let Some(v) = line.strip_prefix("evi-aof_enabled:") {
             job.aof_enabled = Some(v.trim() == "1");
         }

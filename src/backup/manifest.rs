@@ -99,9 +99,25 @@ pub struct Group {
     pub pending_digest: String,
 }
 
+/// The one namespace of [`Summary::totals`].
+pub const ALL_KEYS: &str = "all keys";
+
 impl Summary {
     pub fn keys(&self) -> u64 {
         self.namespaces.values().map(|n| n.keys).sum()
+    }
+
+    /// The same summary with its namespaces added up into one, [`ALL_KEYS`]:
+    /// what a server's `INFO keyspace` is compared with.
+    pub fn totals(&self) -> Summary {
+        let all = Namespace {
+            keys: self.keys(),
+            with_ttl: self.namespaces.values().map(|n| n.with_ttl).sum(),
+        };
+        Summary {
+            namespaces: BTreeMap::from([(ALL_KEYS.to_string(), all)]),
+            ..self.clone()
+        }
     }
 
     /// Parses the lines the summary script prints (see `scripts.rs`):
@@ -359,6 +375,34 @@ mod tests {
     const SAMPLE: &str =
         "n cache:db: 3 3 1800000000000\nn op: 2 1 1900000000000\nn stream: 1 0 -1\n\
         s 73747265616d3a74 5 1-5 5\ng 73747265616d3a74 776f726b657273 1 2 1-3 abc\ndigest d1\n";
+
+    #[test]
+    fn totals_add_the_namespaces_up_and_still_catch_a_wrong_count() {
+        let s = Summary::parse(
+            "n cache:db: 10 10 1900000000000\nn op: 2 1 1900000000000\nn stream: 1 0 -1\n\
+             s 73747265616d3a74 5 1-5 5\n",
+        )
+        .unwrap();
+        let t = s.totals();
+        assert_eq!(t.namespaces.len(), 1);
+        assert_eq!(
+            t.namespaces[ALL_KEYS],
+            Namespace {
+                keys: 13,
+                with_ttl: 11
+            }
+        );
+        assert_eq!(t.streams, s.streams);
+        // What a server reports: one key without a TTL too many.
+        let mut got = t.clone();
+        got.namespaces.get_mut(ALL_KEYS).unwrap().keys = 14;
+        let c = compare_exact(&t, &got, 0);
+        assert_eq!(
+            c.differences,
+            ["all keys: 3 keys without a TTL, the archive has 2"]
+        );
+        assert!(compare_exact(&t, &t, 0).differences.is_empty());
+    }
 
     #[test]
     fn parses_the_summary_lines() {

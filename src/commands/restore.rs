@@ -191,7 +191,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
                 settings.valkey.appendonly
             );
         }
-        let c = compare_exact(&manifest.summary, &job.summary, now_ms());
+        let c = compare_exact(&manifest.summary.totals(), &job.totals(), now_ms());
         if !c.differences.is_empty() {
             bail!(
                 "the restored data differs from the manifest: {}",
@@ -333,14 +333,8 @@ fn parse_live(out: &str) -> Result<Live> {
             lines.push_str(l);
             lines.push('\n');
         } else if let Some(fields) = line.strip_prefix("evi-keyspace ") {
-            // `keys=N,expires=M,avg_ttl=…` (https://valkey.io/commands/info/)
-            for field in fields.trim().split(',') {
-                match field.split_once('=') {
-                    Some(("keys", n)) => live.keys = n.parse().unwrap_or(0),
-                    Some(("expires", n)) => live.with_ttl = n.parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
+            let k = jobs::parse_keyspace(fields);
+            (live.keys, live.with_ttl) = (k.keys, k.with_ttl);
         }
     }
     live.streams = Summary::parse(&lines)?;
