@@ -72,7 +72,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
     // 1. The snapshot: BGSAVE in evi-state, while it serves its clients.
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let t = Instant::now();
-    snapshot(&engine).await?;
+    snapshot(&engine, ui).await?;
     ui.info(&format!(
         "  snapshot saved by evi-state (BGSAVE) in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -265,7 +265,13 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
             read_only: false,
         }],
     );
-    let job = jobs::run_helper_job(&engine, &spec, "the verifying throwaway server").await?;
+    let spinner = ui.spinner(&format!(
+        "a throwaway server loads {} of data",
+        human_bytes(manifest.data_size())
+    ));
+    let job = jobs::run_helper_job(&engine, &spec, "the verifying throwaway server").await;
+    drop(spinner);
+    let job = job?;
     ui.info(&format!(
         "  loaded into a throwaway server and summarised in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -362,8 +368,10 @@ fn info_field(info: &str, key: &str) -> Option<u64> {
 }
 
 /// BGSAVE (scheduled after an AOF rewrite in progress), then waits until
-/// the save counter moves and no save is in progress.
-async fn snapshot<E: Engine>(engine: &E) -> Result<()> {
+/// the save counter moves and no save is in progress. On a terminal, a bar
+/// shows the keys saved so far (`current_save_keys_processed` of
+/// `current_save_keys_total`, INFO persistence, <https://valkey.io/commands/info/>).
+async fn snapshot<E: Engine>(engine: &E, ui: &Ui) -> Result<()> {
     let before = info_field(
         &exec_state(engine, &info_script("persistence")).await?,
         "rdb_saves",
@@ -371,8 +379,13 @@ async fn snapshot<E: Engine>(engine: &E) -> Result<()> {
     .context("evi-state's INFO has no rdb_saves")?;
     exec_state(engine, &crate::acl::admin_script("cli BGSAVE SCHEDULE")).await?;
     let mut poll = crate::apply::Poll::new(SAVE_LIMIT);
+    let bar = key_progress(ui, "evi-state saves its snapshot (BGSAVE)");
     loop {
         let info = exec_state(engine, &info_script("persistence")).await?;
+        if let Some(total) = info_field(&info, "current_save_keys_total").filter(|t| *t > 0) {
+            bar.set_length(total);
+            bar.set_position(info_field(&info, "current_save_keys_processed").unwrap_or(0));
+        }
         let saves = info_field(&info, "rdb_saves").unwrap_or(0);
         if saves > before && info_field(&info, "rdb_bgsave_in_progress") == Some(0) {
             if !info.contains("rdb_last_bgsave_status:ok") {
@@ -436,12 +449,28 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A key-count progress bar on a terminal; hidden otherwise and with `-q`.
+fn key_progress(ui: &Ui, label: &str) -> indicatif::ProgressBar {
+    if !ui.tty || ui.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Cleared when dropped, on every way out.
+    let bar = indicatif::ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  {msg} {bar:30} {human_pos}/{human_len} keys {per_sec}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// A byte progress bar on a terminal; hidden otherwise and with `-q`.
 pub fn progress(ui: &Ui, total: u64, label: &str) -> indicatif::ProgressBar {
     if !ui.tty || ui.quiet {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = indicatif::ProgressBar::new(total).with_finish(indicatif::ProgressFinish::AndClear);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
     ) {

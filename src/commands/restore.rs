@@ -178,6 +178,10 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
             jobs::data_volume(),
         ],
     );
+    let spinner = ui.spinner(&format!(
+        "a check server loads the staged {} (evi-state keeps serving)",
+        human_bytes(manifest.data_size())
+    ));
     let checked = async {
         jobs::create(&engine, &check).await?;
         let ran = jobs::run_to_end(&engine, jobs::CHECK_CONTAINER, jobs::JOB_LIMIT).await;
@@ -201,6 +205,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
         Ok(c.notes)
     }
     .await;
+    drop(spinner);
     let notes = match checked {
         Ok(notes) => notes,
         Err(e) => {
