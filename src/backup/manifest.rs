@@ -69,8 +69,10 @@ pub struct Summary {
     /// The earliest expiry (Unix ms) of any key with a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_expiry_ms: Option<i64>,
-    /// `DEBUG DIGEST` of the whole data set, where the server allowed it
-    /// (the throwaway servers of backup, verify and restore, never evi-state).
+    /// `DEBUG DIGEST` of the whole data set: only in archives of earlier
+    /// versions, whose throwaway servers computed it. Compared only when both
+    /// sides have one, so no server computes it any more (it read every value:
+    /// three times the load's time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
