@@ -121,10 +121,13 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         let load = async {
             let job = jobs::run_helper_job(&engine, &spec, "the backup's throwaway server").await;
             if job.is_ok() {
-                ui.info(&format!(
-                    "  snapshot loaded into a throwaway server and summarised in {:.1}s",
-                    t.elapsed().as_secs_f64()
-                ));
+                // Above the archive's bar, which keeps drawing.
+                bar.suspend(|| {
+                    ui.info(&format!(
+                        "  snapshot loaded into a throwaway server and summarised in {:.1}s",
+                        t.elapsed().as_secs_f64()
+                    ))
+                });
             }
             job
         };
@@ -383,6 +386,9 @@ async fn snapshot<E: Engine>(engine: &E, ui: &Ui) -> Result<()> {
     loop {
         let info = exec_state(engine, &info_script("persistence")).await?;
         if let Some(total) = info_field(&info, "current_save_keys_total").filter(|t| *t > 0) {
+            if ui.tty && !ui.quiet && bar.length() == Some(0) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
             bar.set_length(total);
             bar.set_position(info_field(&info, "current_save_keys_processed").unwrap_or(0));
         }
@@ -454,8 +460,11 @@ fn key_progress(ui: &Ui, label: &str) -> indicatif::ProgressBar {
     if !ui.tty || ui.quiet {
         return indicatif::ProgressBar::hidden();
     }
-    // Cleared when dropped, on every way out.
-    let bar = indicatif::ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
+    // Drawn once the total is known (set_draw_target); cleared when
+    // dropped, on every way out.
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden())
+            .with_finish(indicatif::ProgressFinish::AndClear);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "  {msg} {bar:30} {human_pos}/{human_len} keys {per_sec}",
     ) {

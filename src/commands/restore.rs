@@ -6,7 +6,7 @@
 //! 1. `prepare`: leftovers of an interrupted restore are rolled back (evi-state
 //!    stopped) or discarded (evi-state running: its data is the current one);
 //! 2. `stage`: the archive's files go into the volume under `.evi-restore/`,
-//!    checked there against their sha256 and given to the server's user;
+//!    each checked against its sha256 as it is sent, and given to the server's user;
 //! 3. `check`: a server with evi-state's image, valkey.conf, volume and user,
 //!    on no network, loads the staged files while evi-state still serves; its
 //!    data must equal the manifest's (a failure here changes nothing);
@@ -359,7 +359,7 @@ fn plan_text(file: &Path, m: &Manifest, live: Option<&Live>, fingerprint: &str) 
         text.push_str("  note: the archive was taken under other valkey.conf settings than the current ones\n");
     }
     text.push_str(
-        "\n  1. stage its files in the volume evi-state-data (their checksums are checked there)\n\
+        "\n  1. stage its files in the volume evi-state-data (each checked against its checksum as it is sent)\n\
          \x20 2. load them in a check server on no network and compare with the manifest (evi-state keeps serving)\n\
          \x20 3. stop evi-state (gracefully, up to 30 s): clients get connection errors and retry\n\
          \x20 4. swap the data in; the current data is kept as a roll-back copy\n\
