@@ -327,6 +327,24 @@ mod tests {
     }
 
     #[test]
+    fn a_totals_summary_holds_the_keyspace_counts_and_the_streams() {
+        let out = "evi-version 8.1.1\nevi-keyspace keys=3,expires=1,avg_ttl=0\n\
+                   evi-summary s 73747265616d3a74 5 1-5 5\nevi-done\n";
+        let t = parse_job("j", 0, out).unwrap().totals();
+        assert_eq!(
+            t.namespaces[ALL_KEYS],
+            Namespace {
+                keys: 3,
+                with_ttl: 1
+            }
+        );
+        assert_eq!(t.streams["stream:t"].length, 5);
+        // An empty server prints no keyspace line.
+        let empty = parse_job("j", 0, "evi-done\n").unwrap().totals();
+        assert_eq!(empty.keys(), 0);
+    }
+
+    #[test]
     fn conf_values_and_sizes() {
         let conf = "dir /data\nappenddirname \"appendonlydir\"\n# appendfilename x\n";
         assert_eq!(
