@@ -85,6 +85,53 @@ pub const START_SERVICE_HINT: &str = "start it with `systemctl enable --now podm
     or point --podman-url (or CONTAINER_HOST) at a running one";
 
 impl PodmanEngine {
+    /// One exec: create, start with stdout and stderr attached, read to the
+    /// end, then the exit code from its inspect.
+    async fn exec_once(
+        &self,
+        container: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ExecOutput> {
+        let what = || {
+            format!(
+                "run `{}` in {container}",
+                command.first().copied().unwrap_or_default()
+            )
+        };
+        let opts = ExecCreateOpts::builder()
+            .command(command)
+            .env(env.iter().copied())
+            .attach_stdout(true)
+            .attach_stderr(true)
+            .build();
+        let exec = self
+            .podman
+            .containers()
+            .get(container)
+            .create_exec(&opts)
+            .await
+            .map_err(|e| fault(&what(), e))?;
+        let mut output = ExecOutput::default();
+        if let Some(mut stream) = exec
+            .start(&Default::default())
+            .await
+            .map_err(|e| fault(&what(), e))?
+        {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(TtyChunk::StdOut(b)) => output.stdout.push_str(&String::from_utf8_lossy(&b)),
+                    Ok(TtyChunk::StdErr(b)) => output.stderr.push_str(&String::from_utf8_lossy(&b)),
+                    Ok(TtyChunk::StdIn(_)) => {}
+                    Err(e) => return Err(anyhow!("{}: {}", what(), flatten(&e))),
+                }
+            }
+        }
+        let info = exec.inspect().await.map_err(|e| fault(&what(), e))?;
+        output.exit_code = info.get("ExitCode").and_then(|c| c.as_i64()).unwrap_or(-1);
+        Ok(output)
+    }
+
     /// Connects and checks that a Podman service answers.
     pub async fn connect(url: &str) -> Result<PodmanEngine> {
         let podman = Podman::new_versioned(url, API_VERSION_PARTS)
@@ -624,42 +671,15 @@ impl Engine for PodmanEngine {
         command: &[&str],
         env: &[(&str, &str)],
     ) -> Result<ExecOutput> {
-        let what = || {
-            format!(
-                "run `{}` in {container}",
-                command.first().copied().unwrap_or_default()
-            )
-        };
-        let opts = ExecCreateOpts::builder()
-            .command(command)
-            .env(env.iter().copied())
-            .attach_stdout(true)
-            .attach_stderr(true)
-            .build();
-        let exec = self
-            .podman
-            .containers()
-            .get(container)
-            .create_exec(&opts)
-            .await
-            .map_err(|e| fault(&what(), e))?;
-        let mut output = ExecOutput::default();
-        if let Some(mut stream) = exec
-            .start(&Default::default())
-            .await
-            .map_err(|e| fault(&what(), e))?
-        {
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(TtyChunk::StdOut(b)) => output.stdout.push_str(&String::from_utf8_lossy(&b)),
-                    Ok(TtyChunk::StdErr(b)) => output.stderr.push_str(&String::from_utf8_lossy(&b)),
-                    Ok(TtyChunk::StdIn(_)) => {}
-                    Err(e) => return Err(anyhow!("{}: {}", what(), flatten(&e))),
-                }
-            }
+        let output = self.exec_once(container, command, env).await?;
+        if never_started(&output) {
+            // runc could not start the process at all (seen on a loaded
+            // host with Podman 5.4: `runc: exec failed: unable to start
+            // container process: … connection reset by peer: OCI runtime
+            // error`). Nothing ran, so running it once more is safe.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return self.exec_once(container, command, env).await;
         }
-        let info = exec.inspect().await.map_err(|e| fault(&what(), e))?;
-        output.exit_code = info.get("ExitCode").and_then(|c| c.as_i64()).unwrap_or(-1);
         Ok(output)
     }
 
@@ -682,6 +702,7 @@ impl Engine for PodmanEngine {
         }
         Ok(text)
     }
+
     async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>> {
         match self.podman.volumes().get(name).inspect().await {
             Ok(v) => Ok(Some(v.mountpoint)),
@@ -721,6 +742,15 @@ impl Engine for PodmanEngine {
 }
 
 /// A request client on the same socket, for the calls podman-api gets wrong.
+/// An exec whose process runc could not start: it failed with the runtime's
+/// error and printed nothing of its own.
+fn never_started(output: &ExecOutput) -> bool {
+    output.exit_code != 0
+        && output.stdout.is_empty()
+        && output.stderr.contains("OCI runtime error")
+        && output.stderr.contains("exec failed")
+}
+
 fn raw_client(url: &str) -> Result<RequestClient<conn::Error>> {
     let transport = if let Some(path) = url.strip_prefix("unix://") {
         Transport::Unix {
@@ -815,6 +845,32 @@ fn flatten(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::bind_options;
+
+    #[test]
+    fn only_an_exec_that_runc_could_not_start_is_run_again() {
+        use super::{never_started, ExecOutput};
+        let failed = ExecOutput {
+            exit_code: 126,
+            stdout: String::new(),
+            stderr:
+                "Error: runc: exec failed: unable to start container process: waiting for init \
+                     preliminary setup: read init-p: connection reset by peer: OCI runtime error\n"
+                    .into(),
+        };
+        assert!(never_started(&failed));
+        // The command ran and failed on its own, or printed something: never again.
+        let ran = ExecOutput {
+            stdout: "partial".into(),
+            ..failed.clone()
+        };
+        assert!(!never_started(&ran));
+        let own = ExecOutput {
+            exit_code: 1,
+            stdout: String::new(),
+            stderr: "NOAUTH Authentication required.\n".into(),
+        };
+        assert!(!never_started(&own));
+    }
 
     #[test]
     fn bind_mounts_are_relabelled_only_where_selinux_is_enabled() {
