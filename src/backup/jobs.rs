@@ -116,10 +116,7 @@ pub async fn run_to_end<E: Engine>(
 
 /// Creates, runs and removes a helper container: its output on success.
 pub async fn run_helper<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<String> {
-    create(engine, spec).await?;
-    let result = run_to_end(engine, &spec.name, JOB_LIMIT).await;
-    engine.remove_container(&spec.name, 1).await?;
-    let (code, out) = result?;
+    let (code, out) = run_and_remove(engine, spec).await?;
     if code != 0 {
         bail!(
             "{} failed (exit code {code}): {}",
@@ -137,11 +134,17 @@ pub async fn run_helper_job<E: Engine>(
     spec: &ContainerSpec,
     what: &str,
 ) -> Result<JobOutput> {
+    let (code, out) = run_and_remove(engine, spec).await?;
+    parse_job(what, code, &out)
+}
+
+/// Creates, runs and removes a container, whether it ran or not: its exit
+/// code and its whole output.
+async fn run_and_remove<E: Engine>(engine: &E, spec: &ContainerSpec) -> Result<(i64, String)> {
     create(engine, spec).await?;
     let result = run_to_end(engine, &spec.name, JOB_LIMIT).await;
     engine.remove_container(&spec.name, 1).await?;
-    let (code, out) = result?;
-    parse_job(what, code, &out)
+    result
 }
 
 /// What a throwaway server printed.

@@ -455,34 +455,37 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// A key-count progress bar on a terminal; hidden otherwise and with `-q`.
+/// A key-count progress bar on a terminal, drawn once its total is known
+/// (`set_draw_target`); hidden otherwise and with `-q`.
 fn key_progress(ui: &Ui, label: &str) -> indicatif::ProgressBar {
-    if !ui.tty || ui.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    // Drawn once the total is known (set_draw_target); cleared when
-    // dropped, on every way out.
-    let bar =
-        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden())
-            .with_finish(indicatif::ProgressFinish::AndClear);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
+    let bar = styled_bar(
+        ui,
+        0,
+        label,
         "  {msg} {bar:30} {human_pos}/{human_len} keys {per_sec}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_message(label.to_string());
+    );
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     bar
 }
 
 /// A byte progress bar on a terminal; hidden otherwise and with `-q`.
 pub fn progress(ui: &Ui, total: u64, label: &str) -> indicatif::ProgressBar {
+    styled_bar(
+        ui,
+        total,
+        label,
+        "  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+}
+
+/// A bar in `template`, cleared when dropped, on every way out; hidden when
+/// stdout is not a terminal and with `-q`.
+fn styled_bar(ui: &Ui, total: u64, label: &str, template: &str) -> indicatif::ProgressBar {
     if !ui.tty || ui.quiet {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total).with_finish(indicatif::ProgressFinish::AndClear);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-    ) {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar.set_message(label.to_string());

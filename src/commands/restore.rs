@@ -183,11 +183,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
         human_bytes(manifest.data_size())
     ));
     let checked = async {
-        jobs::create(&engine, &check).await?;
-        let ran = jobs::run_to_end(&engine, jobs::CHECK_CONTAINER, jobs::JOB_LIMIT).await;
-        engine.remove_container(jobs::CHECK_CONTAINER, 1).await?;
-        let (code, out) = ran?;
-        let job = jobs::parse_job("the restore's check server", code, &out)?;
+        let job = jobs::run_helper_job(&engine, &check, "the restore's check server").await?;
         if job.aof_enabled != Some(settings.valkey.appendonly) {
             bail!(
                 "the check server's AOF is {:?}, the settings say appendonly {}",
