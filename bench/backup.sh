@@ -18,6 +18,9 @@
 #   - `restore`, the producer's longest gap during it, and evi-state's own load time
 #     (its log's "DB loaded from append only file").
 #
+# Each measurement starts with no dirty pages (`sync` before it, untimed): what the
+# one before it wrote must not slow it down.
+#
 #   bench/backup.sh [--sizes "500 1024"] [--runs N]     (MB of used_memory_dataset; N=3)
 #
 # The table goes to stdout; each command's own phase lines go to stderr.
@@ -179,11 +182,15 @@ for mb in $sizes; do
         producer_restart
         t=$(now); evi backup --out "$work/b.tar.zst" >&2; t_backup=$(secs "$t" "$(now)")
         gap_backup=$(producer_gap)
+        sync
         t_vfloor=$(verify_floor)
+        sync
         t=$(now); evi backup --verify "$work/b.tar.zst" >&2; t_verify=$(secs "$t" "$(now)")
+        sync
         producer_restart
         t_rfloor=$(restore_floor)
         gap_rfloor=$(producer_gap)
+        sync
         producer_restart
         t=$(now); evi restore "$work/b.tar.zst" --yes >&2; t_restore=$(secs "$t" "$(now)")
         gap_restore=$(producer_gap)

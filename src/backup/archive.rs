@@ -118,7 +118,7 @@ fn each_data_file(
     mut progress: impl FnMut(u64),
     mut sink: impl FnMut(&FileEntry, &Path, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let mut archive = open(path)?;
+    let mut archive = tar::Archive::new(ReadAhead::new(open(path)?.into_inner()));
     let mut seen = Vec::new();
     let mut done = 0u64;
     let entries = archive
@@ -417,6 +417,74 @@ impl<R: Read, F: FnMut(u64)> Read for Counting<'_, R, F> {
         let n = self.inner.read(buf)?;
         *self.done += n as u64;
         (self.progress)(*self.done);
+        Ok(n)
+    }
+}
+
+/// Reads its source in a thread of its own, a few chunks ahead: the
+/// decompression then runs beside what consumes the data (checksums, writing
+/// files), on two cores, as `zstd -dc | tar -x` does.
+struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ReadAhead {
+    fn new(mut source: impl Read + Send + 'static) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        std::thread::spawn(move || loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            let mut error = None;
+            while filled < CHUNK {
+                match source.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            chunk.truncate(filled);
+            let end = filled < CHUNK;
+            // A send fails when the reader stopped early: stop too.
+            if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+            if let Some(e) = error {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if end {
+                return;
+            }
+        });
+        ReadAhead {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.buf = chunk?;
+                    self.pos = 0;
+                }
+                // The thread ended: everything was delivered.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
