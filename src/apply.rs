@@ -237,6 +237,7 @@ async fn apply_step<E: Engine>(engine: &E, step: &Step, ui: &Ui, opts: &Options)
         }
         Change::CreateAdminSecret => create_admin_secret(engine).await,
         Change::ConfigSet { changes } => config_set(engine, changes).await,
+        Change::SetClientRules { rules } => set_client_rules(engine, rules, opts).await,
         Change::CreateNetwork { spec } => {
             engine
                 .create_network(&step.name, &crate::desired::owned_labels(), spec)
@@ -349,6 +350,32 @@ async fn config_set<E: Engine>(
         }
     }
     Ok(())
+}
+
+/// Sets the clients' user's rules in the running evi-state and saves them to
+/// its ACL file (passwords untouched; no restart), then checks that Valkey
+/// describes them as the settings' ([`crate::acl::describe`]).
+async fn set_client_rules<E: Engine>(engine: &E, rules: &str, opts: &Options) -> Result<()> {
+    wait_ready(engine, opts.ready_timeout).await?;
+    let script = crate::acl::admin_script(crate::acl::SET_CLIENT_RULES_SCRIPT);
+    let mut command: Vec<&str> = vec!["sh", "-c", &script, "set-client-rules"];
+    command.extend(rules.split_whitespace());
+    let out = engine.exec(STATE_CONTAINER, &command, &[]).await?;
+    let want = crate::acl::describe(rules);
+    let user = crate::acl::users_in(&out.stdout)
+        .into_iter()
+        .find(|u| u.name == crate::acl::CLIENT_USER);
+    match user {
+        Some(u) if u.rules == want => Ok(()),
+        Some(u) => bail!(
+            "evi-state describes the clients' rules as `{}` after ACL SETUSER, not `{want}`",
+            u.rules
+        ),
+        None => bail!(
+            "cannot set the clients' rules in evi-state ({})",
+            redact(format!("{}{}", out.stdout, out.stderr).trim())
+        ),
+    }
 }
 
 async fn run_container<E: Engine>(
@@ -636,6 +663,9 @@ mod tests {
 
         let mut host = engine.host.lock().unwrap().clone();
         host.config = std::fs::read_to_string(settings.config_path()).ok();
+        // What a real evi-state's first start has (read by `commands::observe`;
+        // the end-to-end tests check it on the real server).
+        host.client_rules = Some(crate::acl::describe(crate::acl::DEFAULT_USER_RULES));
         assert!(!plan(&desired, &host).unwrap().has_changes());
     }
 

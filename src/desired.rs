@@ -99,6 +99,9 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         // In evi-state-addr's network namespace: on evi-net through it.
         network: String::new(),
         aliases: vec![],
+        // The rules of a first start only: `up` sets the settings' rules in
+        // place (`Change::SetClientRules`), so they are not part of evi-state's
+        // definition and a change never re-creates it.
         env: BTreeMap::from([(
             crate::acl::RULES_ENV.to_string(),
             crate::acl::DEFAULT_USER_RULES.to_string(),
@@ -158,6 +161,7 @@ pub fn build(settings: &Settings, conf: &str, version: SecretVersion) -> Desired
         containers,
         unwanted_containers: unwanted,
         replicas,
+        client_rules: crate::acl::client_rules(&settings.valkey.client_access),
     }
 }
 

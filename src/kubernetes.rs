@@ -271,8 +271,13 @@ fn state_deployment(settings: &Settings, conf: &str, opts: &Options) -> Manifest
                 // mounted Secret and fails closed without one. Running as
                 // `valkey` already, it skips its own privilege drop.
                 "command": ["sh", "-c", STATE_START_SCRIPT],
-                // The clients' rules, as `up` gives them (see acl.rs).
-                "env": [{ "name": crate::acl::RULES_ENV, "value": crate::acl::DEFAULT_USER_RULES }],
+                // The clients' rules, as `up` gives them (see acl.rs), with
+                // `valkey.client_access`: set at every start, since nothing sets
+                // them in place on Kubernetes.
+                "env": [{
+                    "name": crate::acl::CLIENT_RULES_ENV,
+                    "value": crate::acl::client_rules(&settings.valkey.client_access),
+                }],
                 "ports": [{ "name": "valkey", "containerPort": VALKEY_PORT, "protocol": "TCP" }],
                 "readinessProbe": {
                     // `up`'s readiness check: PONG to an authenticated PING, the

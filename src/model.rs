@@ -226,6 +226,8 @@ pub struct Desired {
     /// none, the service has no image). Replicas numbered above it, found on
     /// the host, are removed, the highest first.
     pub replicas: Vec<(String, u32)>,
+    /// The rules of the clients' Valkey user (`acl::client_rules`).
+    pub client_rules: String,
 }
 
 /// evi-net as observed.
@@ -313,6 +315,10 @@ pub struct Observed {
     pub containers: BTreeMap<String, ObservedContainer>,
     /// Whether `podman-restart.service` is enabled; `None` without systemd.
     pub boot_unit_enabled: Option<bool>,
+    /// The clients' user's rules as the running evi-state describes them
+    /// (`ACL LIST`, no hashes); `None` when not read (evi-state not running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_rules: Option<String>,
 }
 
 impl Observed {
@@ -367,6 +373,8 @@ pub enum Kind {
     Container,
     /// A systemd unit.
     Unit,
+    /// A Valkey user of evi-state.
+    User,
 }
 
 impl Kind {
@@ -378,6 +386,7 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::Container => "container",
             Kind::Unit => "unit",
+            Kind::User => "user",
         }
     }
 }
@@ -432,6 +441,11 @@ pub enum Change {
     RemoveFile,
     /// `systemctl enable` a unit.
     EnableUnit,
+    /// Set the clients' user's rules in the running evi-state (`ACL SETUSER`,
+    /// `ACL SAVE`; no restart), then read them back.
+    SetClientRules {
+        rules: String,
+    },
     Keep,
 }
 

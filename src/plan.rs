@@ -176,15 +176,21 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         if container.verb != Verb::Keep {
             renewed.push(&spec.name);
         }
+        // After evi-state (and its readiness), before the clients start.
+        let rules = (spec.name == STATE_CONTAINER)
+            .then(|| rules_step(desired, observed, volume_created))
+            .flatten();
         if spec.name == STATE_CONTAINER && container.verb == Verb::Keep && config_changes {
             // The running server keeps going; its new settings are applied in
             // place, before the file is written (see `live_step`).
             if let Some(live) = live_step(desired, observed) {
                 live_first = Some(live);
+                steps.extend(rules);
                 continue;
             }
         }
         steps.push(container);
+        steps.extend(rules);
     }
     if let Some(live) = live_first {
         steps.insert(0, live);
@@ -526,6 +532,38 @@ fn live_step(desired: &Desired, observed: &Observed) -> Option<Step> {
     ))
 }
 
+/// The clients' user's rules, set in the running evi-state when what it
+/// has (or will start with) differs from the settings': new settings, an
+/// older evi-install's rules, or a change made on the server (drift). A
+/// first start on a new volume takes [`DEFAULT_USER_RULES`]; any later start
+/// the ACL file's, that is what the running server has. Unknown (evi-state
+/// not running): set again, which changes nothing when they are right.
+///
+/// [`DEFAULT_USER_RULES`]: crate::acl::DEFAULT_USER_RULES
+fn rules_step(desired: &Desired, observed: &Observed, volume_created: bool) -> Option<Step> {
+    let want = crate::acl::describe(&desired.client_rules);
+    let start_with = if volume_created {
+        Some(crate::acl::describe(crate::acl::DEFAULT_USER_RULES))
+    } else {
+        observed.client_rules.clone()
+    };
+    let reason = match start_with {
+        Some(have) if have == want => return None,
+        _ if volume_created => "valkey.client_access adds to the clients' rules: set once evi-state runs (no restart)",
+        Some(_) => "the clients' rules differ from the settings: set in place (no restart)",
+        None => "the clients' rules could not be read (evi-state not running): set once it runs (no restart)",
+    };
+    Some(step(
+        Kind::User,
+        crate::acl::CLIENT_USER,
+        Verb::Update,
+        reason,
+        Change::SetClientRules {
+            rules: desired.client_rules.clone(),
+        },
+    ))
+}
+
 fn container_step(
     spec: &ContainerSpec,
     observed: Option<&ObservedContainer>,
@@ -705,6 +743,7 @@ mod tests {
                 })
                 .collect(),
             boot_unit_enabled: None,
+            client_rules: Some(crate::acl::describe(&d.client_rules)),
         }
     }
 
@@ -742,6 +781,46 @@ mod tests {
         let p = plan(&d, &converged(&d)).unwrap();
         assert!(!p.has_changes(), "{:?}", summary(&p));
         assert_eq!(p.count(Verb::Keep), 8);
+    }
+
+    #[test]
+    fn the_clients_rules_are_set_in_place_when_the_servers_differ_from_the_settings() {
+        let d = app();
+        let mut o = converged(&d);
+        o.client_rules = Some("~* &* -@all +@all".into());
+        let p = plan(&d, &o).unwrap();
+        assert_eq!(summary(&p), ["Update user default"]);
+        // After evi-state, before the clients; evi-state itself is kept.
+        let at = |name: &str| p.steps.iter().position(|s| s.name == name).unwrap();
+        assert!(at(STATE_CONTAINER) < at("default") && at("default") < at("evi-be"));
+        assert_eq!(
+            p.steps[at("default")].change,
+            Change::SetClientRules {
+                rules: d.client_rules.clone()
+            }
+        );
+
+        // New settings: the same step, and evi-state's definition is unchanged.
+        let wide = desired(
+            CONF,
+            "services: { evi-be: { image: app }, evi-worker: { image: app } }\n\
+             valkey: { client_access: { commands: [scan], keys: ['session:*'] } }",
+        );
+        let p = plan(&wide, &converged(&d)).unwrap();
+        assert_eq!(summary(&p), ["Update user default"]);
+
+        // A new volume starts with the built-in rules: a step only when the settings add to them.
+        let p = plan(&d, &Observed::default()).unwrap();
+        assert!(!summary(&p).iter().any(|s| s.contains("user")));
+        let p = plan(&wide, &Observed::default()).unwrap();
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(at(STATE_CONTAINER) < at("default") && at("default") < at("evi-be"));
+
+        // Not readable (evi-state stopped): set again once it runs.
+        let mut o = converged(&d);
+        o.client_rules = None;
+        assert_eq!(summary(&plan(&d, &o).unwrap()), ["Update user default"]);
     }
 
     #[test]

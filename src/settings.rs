@@ -68,6 +68,8 @@ pub struct Valkey {
     pub appendfsync: AppendFsync,
     pub auto_aof_rewrite_percentage: u32,
     pub auto_aof_rewrite_min_size: ByteSize,
+    /// What the clients' user may do besides the guide's code paths.
+    pub client_access: crate::acl::ClientAccess,
 }
 
 /// Valkey's eight eviction policies.
@@ -178,6 +180,15 @@ struct ValkeyLayer {
     appendfsync: Option<AppendFsync>,
     auto_aof_rewrite_percentage: Option<u32>,
     auto_aof_rewrite_min_size: Option<ByteSize>,
+    client_access: Option<ClientAccessLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAccessLayer {
+    commands: Option<Vec<String>>,
+    keys: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
 }
 
 /// Where a settings error was found, and what to do about it.
@@ -404,6 +415,36 @@ fn nearest<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
         .map(|(_, c)| c.as_str())
 }
 
+/// `valkey.client_access`, each entry checked (`acl.rs`).
+fn client_access(
+    origin: &str,
+    layer: ClientAccessLayer,
+) -> Result<crate::acl::ClientAccess, SettingsError> {
+    let check = |key: &str,
+                 list: Option<Vec<String>>,
+                 f: fn(&str) -> Result<String, (String, String)>|
+     -> Result<Vec<String>, SettingsError> {
+        list.unwrap_or_default()
+            .iter()
+            .map(|item| {
+                f(item).map_err(|(problem, fix)| {
+                    SettingsError::new(
+                        origin,
+                        Some(&format!("valkey.client_access.{key}")),
+                        problem,
+                        fix,
+                    )
+                })
+            })
+            .collect()
+    };
+    Ok(crate::acl::ClientAccess {
+        commands: check("commands", layer.commands, crate::acl::check_client_command)?,
+        keys: check("keys", layer.keys, crate::acl::check_client_pattern)?,
+        channels: check("channels", layer.channels, crate::acl::check_client_pattern)?,
+    })
+}
+
 fn resolve(
     defaults: Layer,
     file: Layer,
@@ -444,6 +485,13 @@ fn resolve(
             auto_aof_rewrite_min_size,
             "valkey.auto_aof_rewrite_min_size"
         ),
+        client_access: client_access(
+            origin,
+            f_valkey
+                .client_access
+                .or(d_valkey.client_access)
+                .unwrap_or_default(),
+        )?,
     };
 
     let service = |name: &str,
@@ -870,6 +918,28 @@ mod tests {
         assert_eq!(e.line, Some(2));
         assert_eq!(e.problem, "unknown key `valkey.maxmemroy`");
         assert_eq!(e.fix, "did you mean `maxmemory`?");
+    }
+
+    #[test]
+    fn client_access_is_checked_entry_by_entry() {
+        let s = parse(
+            "valkey:\n  client_access:\n    commands: [SCAN, object|encoding]\n    keys: ['session:*']\n    channels: ['jobs:*']\n",
+        )
+        .unwrap();
+        assert_eq!(s.valkey.client_access.commands, ["scan", "object|encoding"]);
+        assert_eq!(s.valkey.client_access.keys, ["session:*"]);
+        assert_eq!(s.valkey.client_access.channels, ["jobs:*"]);
+        let e = parse("valkey: { client_access: { commands: [scan, flushall] } }").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("valkey.client_access.commands"));
+        assert_eq!(e.problem, "`flushall` is administrative");
+        let e = parse("valkey: { client_access: { keys: ['a b'] } }").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("valkey.client_access.keys"));
+        let e = parse("valkey: { client_access: { command: [scan] } }").unwrap_err();
+        assert_eq!(e.fix, "did you mean `commands`?");
+        assert_eq!(
+            parse("{}").unwrap().valkey.client_access,
+            Default::default()
+        );
     }
 
     #[test]

@@ -186,3 +186,95 @@ fn clients_can_run_the_guides_commands_and_nothing_administrative() {
         .any(|w| w.len() == 64);
     assert!(!hex64, "a hash in status' output: {}", status.all());
 }
+
+/// evi-state's container id and when it started: the same after a change made
+/// in place.
+fn state_identity() -> String {
+    podman_ok(&[
+        "inspect",
+        "evi-state",
+        "--format",
+        "{{.Id}} {{.State.StartedAt}}",
+    ])
+    .trim()
+    .to_string()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs the real Podman (or the schema validator) that scripts/test.sh sets up"
+)]
+fn the_clients_rules_follow_the_settings_in_place_and_drift_is_repaired() {
+    let _lock = fresh_host();
+    let site = Site::new("");
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let started = state_identity();
+    // The rules a first start gives are what the settings ask: nothing to set.
+    let again = site.up(&[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    let wider = [
+        "SCAN 0 MATCH session:* COUNT 10",
+        "SET session:probe 1",
+        "SORT_RO op:list",
+    ];
+    for answer in client_session("evi-be", &wider) {
+        assert!(answer.starts_with("NOPERM"), "{answer}");
+    }
+
+    // Widened in the settings: set in place, evi-state never restarted, the
+    // clients can run what was added and still nothing administrative.
+    site.write_settings(
+        "valkey:\n  client_access:\n    commands: [scan, sort_ro]\n    keys: ['session:*']\n",
+    );
+    let plan = site.up(&["--dry-run"]);
+    assert!(
+        plan.stdout.contains("user default") && plan.stdout.contains("no restart"),
+        "the plan shows the rules' update: {}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("evi-state  ("), "{}", plan.stdout);
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    assert_eq!(state_identity(), started, "evi-state was restarted");
+    for client in ["evi-be", "evi-worker"] {
+        let answers = client_session(client, &wider);
+        assert!(
+            answers.iter().all(|a| !a.starts_with("NOPERM")),
+            "{client}: {answers:?}"
+        );
+        let refused = client_session(client, &["FLUSHALL", "CONFIG GET dir", "KEYS *"]);
+        assert!(
+            refused.iter().all(|a| a.starts_with("NOPERM")),
+            "{refused:?}"
+        );
+    }
+    let again = site.up(&[]);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+
+    // Changed on the server (drift): status warns, up puts the settings' rules back
+    // in place, and they survive a restart of evi-state (the ACL file has them).
+    state_cli("ACL SETUSER default +flushall");
+    let status = site.evi().args(["status"]).run();
+    assert!(
+        status
+            .all()
+            .contains("has other rules than the settings give it"),
+        "{}",
+        status.all()
+    );
+    let up = site.up(&[]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    assert_eq!(state_identity(), started, "evi-state was restarted");
+    assert!(client_session("evi-be", &["FLUSHALL"])[0].starts_with("NOPERM"));
+    podman_ok(&["restart", "-t", "10", "evi-state"]);
+    // `up` waits for evi-state; the rules it finds are the settings' (from the file).
+    let after = site.up(&[]);
+    assert_eq!(after.code, 0, "{}", after.all());
+    assert!(after.stdout.contains("No changes."), "{}", after.stdout);
+    let answers = client_session("evi-be", &["SET session:after-restart 1", "FLUSHALL"]);
+    assert_eq!(answers[0], "OK", "{answers:?}");
+    assert!(answers[1].starts_with("NOPERM"), "{answers:?}");
+}

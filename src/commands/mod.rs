@@ -126,7 +126,29 @@ async fn observe<E: crate::engine::Engine>(
         }
     }
     observed.boot_unit_enabled = crate::boot::unit_enabled(crate::model::BOOT_UNIT);
+    if observed
+        .containers
+        .get(STATE_CONTAINER)
+        .is_some_and(|c| c.running)
+    {
+        observed.client_rules = client_rules(engine).await;
+    }
     Ok(observed)
+}
+
+/// The clients' user's rules as the running evi-state describes them, or
+/// `None` when they cannot be read (evi-state still loading, say): `up` then
+/// sets them again, which changes nothing when they are right.
+async fn client_rules<E: crate::engine::Engine>(engine: &E) -> Option<String> {
+    let script = crate::acl::admin_script(crate::acl::USERS_SCRIPT);
+    let out = engine
+        .exec(crate::model::STATE_CONTAINER, &["sh", "-c", &script], &[])
+        .await
+        .ok()?;
+    crate::acl::users_in(&out.stdout)
+        .into_iter()
+        .find(|u| u.name == crate::acl::CLIENT_USER)
+        .map(|u| u.rules)
 }
 
 fn load_settings(overrides: &Overrides, ui: &Ui) -> Result<Settings> {

@@ -9,7 +9,9 @@
 # - `default`, the clients' user (the seed guide's `redis://:PW@evi-state:6379`):
 #   its password hashes are kept as the file has them; only on the first start
 #   (no file, or no such user in it) is the hash taken from the mounted secret
-#   /run/secrets/evi-state-password. Its rules are always EVI_DEFAULT_USER_RULES.
+#   /run/secrets/evi-state-password. Its rules: EVI_CLIENT_RULES when set (on
+#   Kubernetes, at every start); else the file's, which `up` sets in place
+#   (`ACL SETUSER`, `ACL SAVE`); on a first start EVI_DEFAULT_USER_RULES.
 # - `evi-admin`, evi-install's own user: its hash is always taken from the
 #   mounted /run/secrets/evi-admin-password, which only evi-state mounts.
 #
@@ -38,23 +40,34 @@ hash_of() {
   printf '%s' "${h%% *}"
 }
 
-[ -n "${EVI_DEFAULT_USER_RULES:-}" ] || die "EVI_DEFAULT_USER_RULES is not set; refusing to start with no rules for the clients"
+[ -n "${EVI_CLIENT_RULES:-}${EVI_DEFAULT_USER_RULES:-}" ] ||
+  die "neither EVI_CLIENT_RULES nor EVI_DEFAULT_USER_RULES is set; refusing to start with no rules for the clients"
 admin_hash=$(hash_of /run/secrets/evi-admin-password)
 
-# The hashes `default` has now: those of the file, or the mounted secret's on a first start.
+# The hashes and rules `default` has now: those of the file, or the mounted
+# secret's and the first start's rules.
 default_hashes=
+default_rules=
 if [ -f "$acl" ]; then
   # Split the line into words without expanding the key patterns (`~cache:*`) as globs.
   set -f
   for word in $(sed -n 's/^user default //p' "$acl"); do
     case "$word" in
       \#*) default_hashes="$default_hashes $word" ;;
+      on|off) ;;
+      *) default_rules="$default_rules $word" ;;
     esac
   done
   set +f
 fi
 if [ -z "$default_hashes" ]; then
   default_hashes=" #$(hash_of /run/secrets/evi-state-password)"
+  default_rules=
+fi
+if [ -n "${EVI_CLIENT_RULES:-}" ]; then
+  default_rules=" $EVI_CLIENT_RULES"
+elif [ -z "$default_rules" ]; then
+  default_rules=" $EVI_DEFAULT_USER_RULES"
 fi
 
 set --
@@ -80,7 +93,7 @@ umask 077
   if [ -f "$acl" ]; then
     grep -v -e '^user default ' -e '^user evi-admin ' "$acl" || true
   fi
-  echo "user default on$default_hashes $EVI_DEFAULT_USER_RULES"
+  echo "user default on$default_hashes$default_rules"
   echo "user evi-admin on #$admin_hash ~* &* +@all"
 } > "$acl.tmp"
 mv "$acl.tmp" "$acl"

@@ -123,10 +123,22 @@ pub async fn run(settings: &Settings, host: &Host, args: &StatusArgs, ui: &Ui) -
                 }
             }
         }
+        let want = crate::acl::describe(&crate::acl::client_rules(&settings.valkey.client_access));
         if let Some(u) = h
             .users
             .iter()
-            .find(|u| u.name == "default" && u.passwords > 1)
+            .find(|u| u.name == crate::acl::CLIENT_USER && u.rules != want)
+        {
+            warnings.push(format!(
+                "the clients' user `{}` has other rules than the settings give it (changed on the server, \
+                 or new settings): `evi-install up` sets them in place, without a restart",
+                u.name
+            ));
+        }
+        if let Some(u) = h
+            .users
+            .iter()
+            .find(|u| u.name == crate::acl::CLIENT_USER && u.passwords > 1)
         {
             warnings.push(format!(
                 "evi-state accepts {} passwords for the clients' user `{}`: a rotation is unfinished; \
