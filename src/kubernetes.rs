@@ -617,6 +617,20 @@ mod tests {
                 want: json!("5Gi"),
             },
             Case {
+                yaml: "valkey: { client_access: { commands: [scan], keys: ['session:*'] } }\n",
+                kind: "Deployment",
+                name: "evi-state",
+                pointer: "/spec/template/spec/containers/0/env/0",
+                want: json!({
+                    "name": "EVI_CLIENT_RULES",
+                    "value": crate::acl::client_rules(&crate::acl::ClientAccess {
+                        commands: vec!["scan".into()],
+                        keys: vec!["session:*".into()],
+                        channels: vec![],
+                    }),
+                }),
+            },
+            Case {
                 yaml: "valkey: { maxmemory: 3gb, auto_aof_rewrite_percentage: 50 }\n",
                 kind: "PersistentVolumeClaim",
                 name: "evi-state-data",
