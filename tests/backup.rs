@@ -196,6 +196,16 @@ fn the_guides_data_survives_backup_purge_up_and_restore() {
     let verify = site.evi().args(["backup", "--verify"]).args([&file]).run();
     assert_eq!(verify.code, 0, "{}", verify.all());
     assert!(verify.stdout.contains("Verified:"), "{}", verify.stdout);
+    // Its unpacked copy (in memory, or under the state directory) is gone.
+    for place in [std::path::PathBuf::from("/dev/shm"), site.state_dir()] {
+        let left: Vec<String> = std::fs::read_dir(&place)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".evi-verify-"))
+            .collect();
+        assert!(left.is_empty(), "left in {}: {left:?}", place.display());
+    }
 
     assert_eq!(site.evi().args(["down", "--purge", "--yes"]).run().code, 0);
     assert_eq!(site.up(&[]).code, 0);

@@ -2,7 +2,7 @@
 //! what they print. Every one is evi-install's (labelled), on no network,
 //! and removed when its work is done.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -260,6 +260,74 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// A field of /proc/meminfo (`MemAvailable`), in bytes.
+pub fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Where `backup --verify` unpacks an archive of `size` bytes of data: in
+/// memory (`/dev/shm`, a tmpfs) when the host has room there and memory for
+/// it beside the throwaway server's own copy of the data, so that no
+/// write-back to disk competes with the server's load (at 1 GB on two cores
+/// the load took 3.9-5.1 s instead of 3.2 s with the unpacked files still being
+/// written back); else `fallback` (the state directory).
+pub fn unpack_place(size: u64, fallback: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let room = free_bytes(shm).unwrap_or(0);
+    let memory = meminfo("MemAvailable").unwrap_or(0);
+    if room > size + size / 8 && memory / 3 > size {
+        shm.to_path_buf()
+    } else {
+        fallback.to_path_buf()
+    }
+}
+
+/// A private directory (0700) `.evi-verify-PID` in `place`, removed when
+/// dropped. Those of verifications that were killed (their process is gone,
+/// the directory is ours) are removed first: in /dev/shm they would hold
+/// memory until the next reboot.
+pub fn verify_dir(place: &Path) -> Result<tempfile::TempDir> {
+    const PREFIX: &str = ".evi-verify-";
+    let me = rustix::process::geteuid();
+    for entry in std::fs::read_dir(place).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        // Not through a link: in /dev/shm anyone can make one.
+        let ours = rustix::fs::lstat(entry.path()).is_ok_and(|st| {
+            st.st_uid == me.as_raw()
+                && rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory
+        });
+        let gone = rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH);
+        if ours && gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}", std::process::id()))
+        .rand_bytes(0)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(place)
+        .map_err(|e| {
+            anyhow!(
+                "cannot create a directory in {}: {}",
+                place.display(),
+                crate::settings::io_reason(&e)
+            )
+        })
+}
+
 /// Refuses to start when `path`'s file system has less than `needed` bytes free.
 pub fn require_space(path: &Path, needed: u64, what: &str) -> Result<()> {
     if let Some(free) = free_bytes(path) {
@@ -305,6 +373,31 @@ pub fn fault_point(_step: &str) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_verifications_directory_is_removed_and_a_running_ones_kept() {
+        let place = tempfile::tempdir().unwrap();
+        let dead = place.path().join(format!(".evi-verify-{}", i32::MAX));
+        let alive = place.path().join(".evi-verify-1");
+        let other = place.path().join(".evi-verify-notes");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let dir = verify_dir(place.path()).unwrap();
+        assert_eq!(
+            dir.path().file_name().unwrap().to_str().unwrap(),
+            format!(".evi-verify-{}", std::process::id())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(!dead.exists() && alive.exists() && other.exists());
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn job_output_is_parsed_and_failures_named() {

@@ -232,21 +232,9 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
     let manifest = archive::read_manifest(file)?;
     let engine = host.connect().await?;
     create_private_dir(&settings.state_dir)?;
-    jobs::require_space(
-        &settings.state_dir,
-        manifest.data_size(),
-        "unpacking the archive",
-    )?;
-    let unpacked = tempfile::Builder::new()
-        .prefix(".evi-verify-")
-        .tempdir_in(&settings.state_dir)
-        .map_err(|e| {
-            anyhow!(
-                "cannot create a directory in {}: {}",
-                settings.state_dir.display(),
-                crate::settings::io_reason(&e)
-            )
-        })?;
+    let place = jobs::unpack_place(manifest.data_size(), &settings.state_dir);
+    jobs::require_space(&place, manifest.data_size(), "unpacking the archive")?;
+    let unpacked = jobs::verify_dir(&place)?;
     let t = Instant::now();
     let bar = progress(ui, manifest.data_size(), "unpacking and checking");
     archive::unpack_data(file, &manifest, unpacked.path(), |n| bar.set_position(n))?;
