@@ -77,16 +77,31 @@ pub fn enable(unit: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether this (rootless) user lingers: logind then starts their systemd
+/// instance at boot, and with it their `podman-restart.service`; otherwise
+/// only their first login does (loginctl(1), `enable-linger`). Asked with
+/// `loginctl show-user UID --property=Linger --value`, which fails for a
+/// user who neither is logged in nor lingers. `None` where it cannot be asked.
+pub fn lingers() -> Option<bool> {
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    let out = Command::new("loginctl")
+        .args(["show-user", &uid, "--property=Linger", "--value"])
+        .output()
+        .ok()?;
+    Some(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "yes")
+}
+
 /// What starts the stack at boot, for `status`: `unit_enabled(BOOT_UNIT)`
-/// as observed, and whether Podman runs rootless.
-pub fn describe(enabled: Option<bool>, rootless: bool) -> String {
+/// as observed, whether Podman runs rootless, and if so whether the user
+/// lingers.
+pub fn describe(enabled: Option<bool>, rootless: bool, lingers: Option<bool>) -> String {
     let unit = crate::model::BOOT_UNIT;
     match (enabled, rootless) {
         (Some(true), false) => format!("{unit} enabled (it starts the containers at boot)"),
-        (Some(true), true) => format!(
-            "the user's {unit} enabled (it starts the containers at boot if the user lingers: \
-             `loginctl enable-linger`)"
+        (Some(true), true) if lingers == Some(true) => format!(
+            "the user's {unit} enabled, and the user lingers (it starts the containers at boot)"
         ),
+        (Some(true), true) => format!("the user's {unit} enabled, but {NOT_LINGERING}"),
         (Some(false), _) => format!(
             "{unit} not enabled: nothing restarts the stack after a reboot; `evi-install up` enables it"
         ),
@@ -98,7 +113,27 @@ pub fn describe(enabled: Option<bool>, rootless: bool) -> String {
 
 /// `describe` for this host, as `status` shows it.
 pub fn describe_here(enabled: Option<bool>) -> String {
-    describe(enabled, rootless())
+    let lingers = if rootless() && enabled.is_some() {
+        lingers()
+    } else {
+        None
+    };
+    describe(enabled, rootless(), lingers)
+}
+
+const NOT_LINGERING: &str = "the user does not linger: after a reboot nothing starts the \
+    stack until they log in; `loginctl enable-linger USER` (as root) makes systemd start it at boot";
+
+/// The note `up` prints for a rootless user who does not linger, where
+/// systemd runs; `None` otherwise.
+pub fn linger_note() -> Option<String> {
+    (rootless() && systemd_running() && lingers() == Some(false)).then(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "USER".to_string());
+        format!(
+            "note: rootless Podman: {}",
+            NOT_LINGERING.replace("USER`", &format!("{user}`"))
+        )
+    })
 }
 
 /// The note `up` prints once where systemd does not run.
@@ -122,7 +157,7 @@ mod tests {
             (
                 Some(true),
                 true,
-                "the user's podman-restart.service enabled",
+                "the user's podman-restart.service enabled, and the user lingers",
             ),
             (
                 Some(false),
@@ -141,12 +176,23 @@ mod tests {
             ),
         ];
         for (enabled, rootless, expected) in cases {
-            let line = describe(enabled, rootless);
+            let line = describe(enabled, rootless, Some(true));
             assert!(
                 line.starts_with(expected),
                 "{enabled:?} rootless {rootless}: {line}"
             );
         }
+    }
+
+    #[test]
+    fn a_rootless_user_who_does_not_linger_is_told_how_to_come_back_at_boot() {
+        let line = describe(Some(true), true, Some(false));
+        assert!(
+            line.contains("does not linger") && line.contains("loginctl enable-linger"),
+            "{line}"
+        );
+        // Root's containers do not depend on anyone's login.
+        assert!(!describe(Some(true), false, Some(false)).contains("linger"));
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Res
     ui.result(&report.summary(started.elapsed()));
     if !crate::boot::systemd_running() {
         ui.info(crate::boot::NO_SYSTEMD_NOTE);
+    } else if let Some(note) = crate::boot::linger_note() {
+        ui.info(&note);
     }
     Ok(if args.detailed_exitcode {
         exit::CHANGES
