@@ -71,22 +71,22 @@ impl Ui {
         print_out(text);
     }
 
-    /// Draws a spinner with `label` until the returned guard is dropped.
-    /// Nothing is drawn when stdout is not a terminal or with `-q`.
+    /// Draws a spinner with `label` and the time spent, until the returned
+    /// guard is dropped (it then erases its line). Nothing is drawn when stdout
+    /// is not a terminal or with `-q`.
     pub fn spinner(&self, label: &str) -> Spinner {
         if !self.tty || self.quiet {
-            return Spinner(None);
+            return Spinner(indicatif::ProgressBar::hidden());
         }
-        let label = label.to_string();
-        let task = tokio::spawn(async move {
-            const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-            for i in 0.. {
-                print!("\r  {} {label}", FRAMES[i % FRAMES.len()]);
-                let _ = std::io::stdout().flush();
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        });
-        Spinner(Some(task))
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stdout());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+        {
+            bar.set_style(style.tick_chars("|/-\\ "));
+        }
+        bar.set_message(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Spinner(bar)
     }
 
     pub fn warn(&self, text: &str) {
@@ -123,15 +123,10 @@ pub fn print_error(message: &str) {
 }
 
 /// Stops and erases its spinner when dropped.
-pub struct Spinner(Option<tokio::task::JoinHandle<()>>);
+pub struct Spinner(indicatif::ProgressBar);
 
 impl Drop for Spinner {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-            // Erase the spinner line so the next progress line starts clean.
-            print!("\r\x1b[2K");
-            let _ = std::io::stdout().flush();
-        }
+        self.0.finish_and_clear();
     }
 }
