@@ -177,12 +177,25 @@ stat -c %s "$2"
 /// Removes the second names of the snapshot (after the backup, whatever happened).
 pub const UNLINK_SNAPSHOT: &str = "rm -f /data/.evi-backup-*.rdb\n";
 
-/// `backup --verify`'s throwaway: loads the archive's AOF directory (copied
-/// to /work/data) with `appendonly yes`, as evi-state would, and prints
-/// the summary. Arguments: the AOF directory name, the AOF file name.
+/// Written next to the unpacked data when all of it is there and checked
+/// (`backup --verify`), or when unpacking failed: its throwaway starts while
+/// the data is unpacked, and waits for one of them.
+pub const UNPACKED_MARKER: &str = ".evi-unpacked";
+pub const ABORT_MARKER: &str = ".evi-abort";
+
+/// `backup --verify`'s throwaway: once the archive's AOF directory is
+/// unpacked to /work/data (a marker says so), loads it with `appendonly
+/// yes`, as evi-state would, and prints the summary. Arguments: the AOF
+/// directory name, the AOF file name.
 pub fn verify_job() -> String {
     with_functions(&format!(
         r#"aofdir=$1; aoffile=$2
+i=0
+until [ -e /work/data/{UNPACKED_MARKER} ]; do
+  [ -e /work/data/{ABORT_MARKER} ] && fail "the archive could not be unpacked"
+  i=$((i + 1)); [ "$i" -gt 180000 ] && fail "the archive was not unpacked within an hour"
+  sleep 0.02
+done
 valkey-server --dir /work/data --appendonly yes --appenddirname "$aofdir" --appendfilename "$aoffile" \
   --save '' {THROWAWAY_OPTS} || fail "valkey-server did not start"
 wait_loaded || fail "the archive did not load"

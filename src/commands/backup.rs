@@ -224,10 +224,11 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
 }
 
 /// `backup --verify FILE`: the data is unpacked once, each file checked
-/// against its sha256 as it is written, into a private directory under the
-/// state directory; a throwaway server on no network then loads it from
-/// there (a bind mount: no second copy) as evi-state would, and its data is
-/// compared with the manifest.
+/// against its sha256 as it is written, into a private directory (in memory
+/// when there is room, see `jobs::unpack_place`); a throwaway server on no
+/// network, started meanwhile, then loads it from there (a bind mount: no
+/// second copy) as evi-state would, and its data is compared with the
+/// manifest.
 async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Result<u8> {
     let manifest = archive::read_manifest(file)?;
     let engine = host.connect().await?;
@@ -235,16 +236,8 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
     let place = jobs::unpack_place(manifest.data_size(), &settings.state_dir);
     jobs::require_space(&place, manifest.data_size(), "unpacking the archive")?;
     let unpacked = jobs::verify_dir(&place)?;
-    let t = Instant::now();
-    let bar = progress(ui, manifest.data_size(), "unpacking and checking");
-    archive::unpack_data(file, &manifest, unpacked.path(), |n| bar.set_position(n))?;
-    bar.finish_and_clear();
-    ui.info(&format!(
-        "  {} unpacked and checked in {:.1}s",
-        human_bytes(manifest.data_size()),
-        t.elapsed().as_secs_f64()
-    ));
-    let t = Instant::now();
+    // The throwaway starts while the data is unpacked, and waits for it (a
+    // marker file): its container is made meanwhile, not after.
     let spec = jobs::throwaway(
         &format!("evi-verify-{}", std::process::id()),
         &settings.services.evi_state.image,
@@ -256,16 +249,53 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
             read_only: false,
         }],
     );
-    let spinner = ui.spinner(&format!(
-        "a throwaway server loads {} of data",
-        human_bytes(manifest.data_size())
-    ));
-    let job = jobs::run_helper_job(&engine, &spec, "the verifying throwaway server").await;
+    let t = Instant::now();
+    let bar = progress(ui, manifest.data_size(), "unpacking and checking");
+    let unpack = async {
+        let (file, dir, m, b) = (
+            file.to_path_buf(),
+            unpacked.path().to_path_buf(),
+            manifest.clone(),
+            bar.clone(),
+        );
+        let done = tokio::task::spawn_blocking(move || {
+            let done = archive::unpack_data(&file, &m, &dir, |n| b.set_position(n));
+            let marker = if done.is_ok() {
+                scripts::UNPACKED_MARKER
+            } else {
+                scripts::ABORT_MARKER
+            };
+            // Failing to write it fails the job too, which then says so.
+            let _ = std::fs::write(dir.join(marker), b"");
+            done
+        })
+        .await
+        .map_err(|e| anyhow!("unpacking stopped: {e}"))
+        .and_then(|r| r);
+        bar.finish_and_clear();
+        if done.is_ok() {
+            ui.info(&format!(
+                "  {} unpacked and checked in {:.1}s",
+                human_bytes(manifest.data_size()),
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        let spinner = done.is_ok().then(|| {
+            ui.spinner(&format!(
+                "a throwaway server loads {} of data",
+                human_bytes(manifest.data_size())
+            ))
+        });
+        (done, spinner, Instant::now())
+    };
+    let load = jobs::run_helper_job(&engine, &spec, "the verifying throwaway server");
+    let (job, (done, spinner, loading)) = tokio::join!(load, unpack);
     drop(spinner);
+    done?;
     let job = job?;
     ui.info(&format!(
         "  loaded into a throwaway server and summarised in {:.1}s",
-        t.elapsed().as_secs_f64()
+        loading.elapsed().as_secs_f64()
     ));
     drop(unpacked);
     // The key counts as a whole (INFO keyspace), every stream and group in
