@@ -118,7 +118,7 @@ fn each_data_file(
     mut progress: impl FnMut(u64),
     mut sink: impl FnMut(&FileEntry, &Path, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let mut archive = tar::Archive::new(ReadAhead::new(open(path)?.into_inner()));
+    let mut archive = tar::Archive::new(read_ahead(open(path)?.into_inner()));
     let mut seen = Vec::new();
     let mut done = 0u64;
     let entries = archive
@@ -421,97 +421,19 @@ impl<R: Read, F: FnMut(u64)> Read for Counting<'_, R, F> {
     }
 }
 
-/// Reads its source in a thread of its own, a few chunks ahead: the
-/// decompression then runs beside what consumes the data (checksums, writing
-/// files), on two cores, as `zstd -dc | tar -x` does.
-struct ReadAhead {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+/// Reads the chunks that `next` hands over, one after another (`None`: the end).
+struct Chunks<F> {
+    next: F,
     buf: Vec<u8>,
     pos: usize,
 }
 
-impl ReadAhead {
-    fn new(mut source: impl Read + Send + 'static) -> ReadAhead {
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        std::thread::spawn(move || loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let mut filled = 0;
-            let mut error = None;
-            while filled < CHUNK {
-                match source.read(&mut chunk[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
-            }
-            chunk.truncate(filled);
-            let end = filled < CHUNK;
-            // A send fails when the reader stopped early: stop too.
-            if filled > 0 && tx.send(Ok(chunk)).is_err() {
-                return;
-            }
-            if let Some(e) = error {
-                let _ = tx.send(Err(e));
-                return;
-            }
-            if end {
-                return;
-            }
-        });
-        ReadAhead {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ReadAhead {
+impl<F: FnMut() -> Option<std::io::Result<Vec<u8>>>> Read for Chunks<F> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos >= self.buf.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.buf = chunk?;
-                    self.pos = 0;
-                }
-                // The thread ended: everything was delivered.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Reads the chunks a channel delivers, for the blocking tar reader.
-pub struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl ChannelReader {
-    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> ChannelReader {
-        ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.blocking_recv() {
+            match (self.next)() {
                 Some(chunk) => {
-                    self.buf = chunk;
+                    self.buf = chunk?;
                     self.pos = 0;
                 }
                 None => return Ok(0),
@@ -522,6 +444,57 @@ impl Read for ChannelReader {
         self.pos += n;
         Ok(n)
     }
+}
+
+fn chunks<F: FnMut() -> Option<std::io::Result<Vec<u8>>>>(next: F) -> Chunks<F> {
+    Chunks {
+        next,
+        buf: Vec::new(),
+        pos: 0,
+    }
+}
+
+/// Reads `source` in a thread of its own, a few chunks ahead: the
+/// decompression then runs beside what consumes the data (checksums, writing
+/// files), on two cores, as `zstd -dc | tar -x` does.
+fn read_ahead(mut source: impl Read + Send + 'static) -> impl Read {
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    std::thread::spawn(move || loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let mut error = None;
+        while filled < CHUNK {
+            match source.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        chunk.truncate(filled);
+        let end = filled < CHUNK;
+        // A send fails when the reader stopped early: stop too.
+        if filled > 0 && tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+        if let Some(e) = error {
+            let _ = tx.send(Err(e));
+            return;
+        }
+        if end {
+            return;
+        }
+    });
+    // The thread ended (its sender dropped): everything was delivered.
+    chunks(move || rx.recv().ok())
+}
+
+/// Reads the chunks a channel delivers, for the blocking tar reader.
+pub fn channel_reader(mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> impl Read {
+    chunks(move || rx.blocking_recv().map(Ok))
 }
 
 /// Sends what is written to a channel in chunks, for the engine to upload.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Host;
-use crate::backup::archive::{self, ArchiveWriter, ChannelReader, ChannelWriter};
+use crate::backup::archive::{self, ArchiveWriter, ChannelWriter};
 use crate::backup::jobs::{self, human_bytes};
 use crate::backup::manifest::{compare_exact, FileEntry, Manifest, FORMAT_VERSION};
 use crate::backup::scripts;
@@ -137,7 +137,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             let (path, bar2) = (base_path.clone(), bar.clone());
             let write = tokio::task::spawn_blocking(move || -> Result<_> {
-                let got = writer.append_file(ChannelReader::new(rx), &path, |n| bar2.set_position(n))?;
+                let got = writer.append_file(archive::channel_reader(rx), &path, |n| bar2.set_position(n))?;
                 Ok((writer, got))
             });
             let copied = engine
