@@ -265,9 +265,19 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
             } else {
                 scripts::ABORT_MARKER
             };
-            // Failing to write it fails the job too, which then says so.
-            let _ = std::fs::write(dir.join(marker), b"");
-            done
+            let written = std::fs::write(dir.join(marker), b"");
+            // Without a marker the throwaway would wait until its time limit.
+            if written.is_err() {
+                let _ = std::fs::write(dir.join(scripts::ABORT_MARKER), b"");
+            }
+            match (done, written) {
+                (Ok(()), Err(e)) => Err(anyhow!(
+                    "cannot write in {}: {}",
+                    dir.display(),
+                    crate::settings::io_reason(&e)
+                )),
+                (done, _) => done,
+            }
         })
         .await
         .map_err(|e| anyhow!("unpacking stopped: {e}"))
