@@ -741,7 +741,6 @@ impl Engine for PodmanEngine {
     }
 }
 
-/// A request client on the same socket, for the calls podman-api gets wrong.
 /// An exec whose process runc could not start: it failed with the runtime's
 /// error and printed nothing of its own.
 fn never_started(output: &ExecOutput) -> bool {
@@ -751,6 +750,7 @@ fn never_started(output: &ExecOutput) -> bool {
         && output.stderr.contains("exec failed")
 }
 
+/// A request client on the same socket, for the calls podman-api gets wrong.
 fn raw_client(url: &str) -> Result<RequestClient<conn::Error>> {
     let transport = if let Some(path) = url.strip_prefix("unix://") {
         Transport::Unix {
