@@ -44,11 +44,10 @@ pub const DEFAULT_USER_RULES: &str = "resetkeys ~cache:* ~op:* ~stream:* \
 /// The clients' user: the seed guide's URL has no user name.
 pub const CLIENT_USER: &str = "default";
 
-/// Commands that the settings can never give the clients: administration
-/// stays with `evi-admin`. A command named without a subcommand grants all
-/// of its subcommands, so `client`, `config`, `acl`, `function` and `script`
-/// are refused as wholes, and their dangerous subcommands one by one.
-const NEVER_FOR_CLIENTS: &[&str] = &[
+/// Commands that the settings can never give the clients, in any of their
+/// subcommands: administration stays with `evi-admin` (but `acl|whoami`,
+/// which the clients already have).
+const ADMIN_COMMANDS: &[&str] = &[
     "flushall",
     "flushdb",
     "config",
@@ -69,6 +68,12 @@ const NEVER_FOR_CLIENTS: &[&str] = &[
     "sync",
     "psync",
     "cluster",
+];
+
+/// Commands with harmless and dangerous subcommands: refused as wholes (a
+/// command named without a subcommand grants all of them), and by these
+/// subcommands; their others can be given.
+const ADMIN_SUBCOMMANDS: &[&str] = &[
     "client",
     "function",
     "script",
@@ -125,8 +130,8 @@ pub fn check_client_command(command: &str) -> Result<String, (String, String)> {
         ));
     }
     let (name, _) = c.split_once('|').unwrap_or((&c, ""));
-    let never = NEVER_FOR_CLIENTS.contains(&c.as_str())
-        || (matches!(name, "acl" | "config" | "module" | "debug" | "cluster") && c != "acl|whoami");
+    let never = (ADMIN_COMMANDS.contains(&name) && c != "acl|whoami")
+        || ADMIN_SUBCOMMANDS.contains(&c.as_str());
     if never {
         return Err((
             format!("`{command}` is administrative"),
