@@ -101,7 +101,7 @@ pub fn describe(enabled: Option<bool>, rootless: bool, lingers: Option<bool>) ->
         (Some(true), true) if lingers == Some(true) => format!(
             "the user's {unit} enabled, and the user lingers (it starts the containers at boot)"
         ),
-        (Some(true), true) => format!("the user's {unit} enabled, but {NOT_LINGERING}"),
+        (Some(true), true) => format!("the user's {unit} enabled, but {}", not_lingering("USER")),
         (Some(false), _) => format!(
             "{unit} not enabled: nothing restarts the stack after a reboot; `evi-install up` enables it"
         ),
@@ -121,18 +121,19 @@ pub fn describe_here(enabled: Option<bool>) -> String {
     describe(enabled, rootless(), lingers)
 }
 
-const NOT_LINGERING: &str = "the user does not linger: after a reboot nothing starts the \
-    stack until they log in; `loginctl enable-linger USER` (as root) makes systemd start it at boot";
+fn not_lingering(user: &str) -> String {
+    format!(
+        "the user does not linger: after a reboot nothing starts the stack until they log in; \
+         `loginctl enable-linger {user}` (as root) makes systemd start it at boot"
+    )
+}
 
 /// The note `up` prints for a rootless user who does not linger, where
 /// systemd runs; `None` otherwise.
 pub fn linger_note() -> Option<String> {
     (rootless() && systemd_running() && lingers() == Some(false)).then(|| {
         let user = std::env::var("USER").unwrap_or_else(|_| "USER".to_string());
-        format!(
-            "note: rootless Podman: {}",
-            NOT_LINGERING.replace("USER`", &format!("{user}`"))
-        )
+        format!("note: rootless Podman: {}", not_lingering(&user))
     })
 }
 
