@@ -26,7 +26,7 @@ use crate::ui::Ui;
 
 pub async fn run(settings: &Settings, ctx: &Host, args: &UpArgs, ui: &Ui) -> Result<u8> {
     settings.require_backend()?;
-    if let Some(total) = host_memory() {
+    if let Some(total) = crate::backup::jobs::meminfo("MemTotal") {
         check_fits_host(settings, total)?;
     }
     let conf = valkey_conf(settings)?;
@@ -237,12 +237,4 @@ fn check_state_dir(dir: &Path) -> Result<()> {
 
 fn writable(path: &Path) -> bool {
     rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
-}
-
-/// MemTotal from /proc/meminfo, in bytes.
-fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
