@@ -3,6 +3,8 @@
 
 use std::io::{IsTerminal, Write};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
 use crate::secret::redact;
 
 #[derive(Debug, Clone, Copy)]
@@ -72,21 +74,57 @@ impl Ui {
     }
 
     /// Draws a spinner with `label` and the time spent, until the returned
-    /// guard is dropped (it then erases its line). Nothing is drawn when stdout
-    /// is not a terminal or with `-q`.
+    /// guard is dropped (it then erases its line).
     pub fn spinner(&self, label: &str) -> Spinner {
-        if !self.tty || self.quiet {
-            return Spinner(indicatif::ProgressBar::hidden());
+        let bar = self.styled(
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()),
+            ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
+                .map(|s| s.tick_chars("|/-\\ ")),
+            label,
+        );
+        if !bar.is_hidden() {
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
         }
-        let bar =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stdout());
-        if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg} ({elapsed})")
-        {
-            bar.set_style(style.tick_chars("|/-\\ "));
+        Spinner(bar)
+    }
+
+    /// A bar of the bytes done out of `total`.
+    pub fn byte_bar(&self, total: u64, label: &str) -> ProgressBar {
+        self.styled(
+            ProgressBar::new(total),
+            ProgressStyle::with_template("  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}"),
+            label,
+        )
+    }
+
+    /// A bar of the keys done, drawn only once its caller knows the total
+    /// (`set_length`, then `set_draw_target`): hidden from the start, since
+    /// setting its message would already draw it.
+    pub fn key_bar(&self, label: &str) -> ProgressBar {
+        self.styled(
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()),
+            ProgressStyle::with_template("  {msg} {bar:30} {human_pos}/{human_len} keys {per_sec}"),
+            label,
+        )
+    }
+
+    /// `bar` in `style` with `label`, cleared when dropped, on every way out;
+    /// a hidden bar when stdout is not a terminal and with `-q`.
+    fn styled(
+        &self,
+        bar: ProgressBar,
+        style: Result<ProgressStyle, indicatif::style::TemplateError>,
+        label: &str,
+    ) -> ProgressBar {
+        if !self.tty || self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = bar.with_finish(indicatif::ProgressFinish::AndClear);
+        if let Ok(style) = style {
+            bar.set_style(style);
         }
         bar.set_message(label.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        Spinner(bar)
+        bar
     }
 
     pub fn warn(&self, text: &str) {
@@ -123,7 +161,7 @@ pub fn print_error(message: &str) {
 }
 
 /// Stops and erases its spinner when dropped.
-pub struct Spinner(indicatif::ProgressBar);
+pub struct Spinner(ProgressBar);
 
 impl Drop for Spinner {
     fn drop(&mut self) {

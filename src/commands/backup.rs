@@ -117,7 +117,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &BackupArgs, ui: &Ui) -
         //    it) into the archive, hashed on the way. Both run to their end,
         //    so the throwaway is always removed.
         let t = Instant::now();
-        let bar = progress(ui, snap_size, "writing the archive");
+        let bar = ui.byte_bar(snap_size, "writing the archive");
         let load = async {
             let job = jobs::run_helper_job(&engine, &spec, "the backup's throwaway server").await;
             if job.is_ok() {
@@ -250,7 +250,7 @@ async fn verify(settings: &Settings, host: &Host, file: &Path, ui: &Ui) -> Resul
         }],
     );
     let t = Instant::now();
-    let bar = progress(ui, manifest.data_size(), "unpacking and checking");
+    let bar = ui.byte_bar(manifest.data_size(), "unpacking and checking");
     let unpack = async {
         let (file, dir, m, b) = (
             file.to_path_buf(),
@@ -410,7 +410,7 @@ async fn snapshot<E: Engine>(engine: &E, ui: &Ui) -> Result<()> {
     .context("evi-state's INFO has no rdb_saves")?;
     exec_state(engine, &crate::acl::admin_script("cli BGSAVE SCHEDULE")).await?;
     let mut poll = crate::apply::Poll::new(SAVE_LIMIT);
-    let bar = key_progress(ui, "evi-state saves its snapshot (BGSAVE)");
+    let bar = ui.key_bar("evi-state saves its snapshot (BGSAVE)");
     loop {
         let info = exec_state(engine, &info_script("persistence")).await?;
         if let Some(total) = info_field(&info, "current_save_keys_total").filter(|t| *t > 0) {
@@ -481,43 +481,6 @@ fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// A key-count progress bar on a terminal, drawn once its total is known
-/// (`set_draw_target`); hidden otherwise and with `-q`.
-fn key_progress(ui: &Ui, label: &str) -> indicatif::ProgressBar {
-    let bar = styled_bar(
-        ui,
-        0,
-        label,
-        "  {msg} {bar:30} {human_pos}/{human_len} keys {per_sec}",
-    );
-    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    bar
-}
-
-/// A byte progress bar on a terminal; hidden otherwise and with `-q`.
-pub fn progress(ui: &Ui, total: u64, label: &str) -> indicatif::ProgressBar {
-    styled_bar(
-        ui,
-        total,
-        label,
-        "  {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-    )
-}
-
-/// A bar in `template`, cleared when dropped, on every way out; hidden when
-/// stdout is not a terminal and with `-q`.
-fn styled_bar(ui: &Ui, total: u64, label: &str, template: &str) -> indicatif::ProgressBar {
-    if !ui.tty || ui.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total).with_finish(indicatif::ProgressFinish::AndClear);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar.set_message(label.to_string());
-    bar
 }
 
 #[cfg(test)]

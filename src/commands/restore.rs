@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use super::backup::{exec_state, now_ms, progress, send_data};
+use super::backup::{exec_state, now_ms, send_data};
 use super::{observe, Host};
 use crate::backup::archive;
 use crate::backup::jobs::{self, human_bytes, HELPER_CONTAINER};
@@ -46,7 +46,7 @@ pub async fn run(settings: &Settings, host: &Host, args: &RestoreArgs, ui: &Ui) 
     let file = &args.file;
     // Nothing on the host changes before the whole archive has been checked.
     let manifest = archive::read_manifest(file)?;
-    let bar = progress(ui, manifest.data_size(), "checking checksums");
+    let bar = ui.byte_bar(manifest.data_size(), "checking checksums");
     archive::check(file, &manifest, |n| bar.set_position(n))?;
     bar.finish_and_clear();
     let conf = valkey_conf(settings)?;
